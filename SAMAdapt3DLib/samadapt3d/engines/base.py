@@ -1,0 +1,55 @@
+"""What the session gives an engine and gets back, all in model space ([D, H, W] voxels)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+#: progress(fraction in [0, 1], message)
+ProgressCallback = Callable[[float, str], None]
+
+
+def _points(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64).reshape(-1, 3)
+
+
+@dataclass
+class ModelPrompts:
+    """Prompts in model voxel coordinates (float, (d, h, w) order)."""
+
+    positive: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    negative: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    #: (lo, hi) corners of a 3D box, inclusive voxel indices, (d, h, w); None for no box
+    box: tuple[np.ndarray, np.ndarray] | None = None
+    #: model axis (0, 1 or 2) of the 2D view the latest click came from, when known
+    view_axis: int | None = None
+
+    def __post_init__(self) -> None:
+        self.positive = _points(self.positive)
+        self.negative = _points(self.negative)
+        if self.box is not None:
+            lo, hi = (np.asarray(c, dtype=np.float64).reshape(3) for c in self.box)
+            self.box = (np.minimum(lo, hi), np.maximum(lo, hi))
+
+    @property
+    def empty(self) -> bool:
+        return len(self.positive) == 0 and len(self.negative) == 0 and self.box is None
+
+
+class Engine(Protocol):
+    """Runs one model on one model-space image; keeps its own caches between calls."""
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Model-space image [D, H, W] float32, already normalised by the model's preset. Resets caches."""
+
+    def run(
+        self,
+        prompts: ModelPrompts,
+        seed: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Foreground probability [D, H, W] float32 in [0, 1]. `seed` is an existing mask to refine
+        (bool [D, H, W]) or None. Raises samadapt3d.errors.CancelledError when `cancel` is set."""

@@ -1,0 +1,84 @@
+"""`load_model`: a model from a built-in name or a weight file, whatever its family.
+
+Each family module exposes `FAMILY: FamilySpec`. Files are sniffed (after a safe load) by each
+family in turn; names are looked up in every family's `builtin_names`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoints import load_weights, read_safetensors_metadata
+from .device import resolve_device
+from .errors import CheckpointError, ModelNotFoundError
+from .families.base import SegmentationModel
+
+FAMILY_MODULES = (
+    "samadapt3d.families.sam3d_adapter",
+    "samadapt3d.families.litemedsam",
+)
+
+DEFAULT_MODEL = "litemedsam"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    #: True if a safely loaded checkpoint object (dict) belongs to this family
+    detect: Callable[[dict[str, Any]], bool]
+    #: build the model from the loaded object; `path` for messages, `sam_checkpoint` optional base file
+    load: Callable[..., SegmentationModel]
+    #: names that need no file, e.g. the embedded LiteMedSAM -> callable returning the model
+    builtin_names: dict[str, Callable[..., SegmentationModel]] = field(default_factory=dict)
+    description: str = ""
+
+
+def families() -> list[FamilySpec]:
+    specs = []
+    for module_name in FAMILY_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # family not built yet
+            raise
+        specs.append(module.FAMILY)
+    return specs
+
+
+def builtin_model_names() -> list[str]:
+    return sorted(name for spec in families() for name in spec.builtin_names)
+
+
+def load_model(
+    path_or_name: str | os.PathLike | None = None,
+    sam_checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> SegmentationModel:
+    """Load a model by built-in name (e.g. "litemedsam") or from a weight file of any supported family."""
+    target = resolve_device(device)
+    name = DEFAULT_MODEL if path_or_name is None else str(path_or_name)
+    specs = families()
+    for spec in specs:
+        if name.lower() in spec.builtin_names:
+            model = spec.builtin_names[name.lower()](sam_checkpoint=sam_checkpoint)
+            return model.to(target).eval()
+    path = Path(name).expanduser()
+    if not path.exists():
+        known = ", ".join(builtin_model_names()) or "none"
+        raise ModelNotFoundError(f"unknown model {name!r}: not a built-in name ({known}) and no such file")
+    if path.suffix == ".safetensors":
+        obj: dict[str, Any] = {"__safetensors_metadata__": read_safetensors_metadata(path), "__path__": str(path)}
+    else:
+        obj = load_weights(path)
+    for spec in specs:
+        if spec.detect(obj):
+            model = spec.load(obj, path=path, sam_checkpoint=sam_checkpoint)
+            return model.to(target).eval()
+    keys = ", ".join(sorted(str(k) for k in obj)[:8])
+    raise CheckpointError(f"{path}: no model family recognises this file (top-level keys: {keys})")
