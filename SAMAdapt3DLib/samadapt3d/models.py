@@ -21,6 +21,9 @@ from .families.base import SegmentationModel
 FAMILY_MODULES = (
     "samadapt3d.families.sam3d_adapter",
     "samadapt3d.families.litemedsam",
+    "samadapt3d.families.samed",
+    "samadapt3d.families.ma_sam",
+    "samadapt3d.families.med_sa",
 )
 
 DEFAULT_MODEL = "litemedsam"
