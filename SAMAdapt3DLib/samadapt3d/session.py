@@ -1,0 +1,355 @@
+"""InteractiveSession: volumes in, masks out, with prompts, undo/redo, cancel and progress.
+
+The session is the only place that knows both the volume's geometry and the model's space:
+prompts come in as (i, j, k) indices (ITK order) or LPS / RAS points, are converted to model voxel
+coordinates (d, h, w) through `preprocess.ModelSpace`, run through an engine (CropEngine for a
+CropModel, SliceEngine for a SliceModel), and the model-space probability is mapped back exactly
+onto the volume's grid and thresholded at 0.5. See docs/SESSION.md.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .engines.base import ModelPrompts
+from .errors import CancelledError, InputError
+from .preprocess import ModelSpace
+from .volume import Volume
+
+ProgressCallback = Callable[[float, str], None]
+POINT_KINDS = ("positive", "negative")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt, in the volume's continuous (i, j, k) index coordinates.
+
+    kind: "positive", "negative" or "box"; `ijk` is the point (a box's low corner); `ijk_end` is a
+    box's high corner (None for points); `view_axis` the ijk axis normal to the view of a click.
+    """
+
+    kind: str
+    ijk: tuple[float, float, float]
+    ijk_end: tuple[float, float, float] | None = None
+    view_axis: int | None = None
+
+
+@dataclass(frozen=True)
+class _State:
+    prompts: tuple[Prompt, ...] = ()
+    seed: np.ndarray | None = None  # bool [k, j, i] on the volume grid
+    mask: np.ndarray | None = None  # bool [k, j, i]
+    probability: np.ndarray | None = None  # float32 [k, j, i]
+    view_axis: int | None = None
+
+
+def make_engine(model):
+    """The engine for a model's kind: CropEngine for a CropModel, SliceEngine for a SliceModel."""
+    from .families.base import CropModel, SliceModel
+
+    if isinstance(model, CropModel):
+        from .engines.crop import CropEngine
+
+        return CropEngine(model)
+    if isinstance(model, SliceModel):
+        from .engines.slices import SliceEngine  # written with LiteMedSAM; imported only when needed
+
+        return SliceEngine(model)
+    raise TypeError(f"no engine for a {type(model).__name__}: expected a CropModel or a SliceModel")
+
+
+def check_finite(array: np.ndarray, what: str = "the image") -> None:
+    if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            nan = int(np.count_nonzero(np.isnan(array)))
+            raise InputError(f"{what} has {bad} non-finite voxels ({nan} NaN, {bad - nan} Inf); "
+                             "fill or mask them before segmenting")
+
+
+class InteractiveSession:
+    """Prompted segmentation of one volume at a time with one model.
+
+    All masks are bool arrays in the volume's array order [k, j, i]. Every prompt change runs the
+    model and returns the new mask; a failure or a cancel leaves the session as it was.
+    """
+
+    def __init__(self, model, progress: ProgressCallback | None = None, engine=None, max_undo: int = 32) -> None:
+        self.model = model
+        self.progress = progress
+        self.engine = engine if engine is not None else make_engine(model)
+        self.max_undo = int(max_undo)
+        self.volume: Volume | None = None
+        self.space: ModelSpace | None = None
+        self._state = _State()
+        self._undo: list[_State] = []
+        self._redo: list[_State] = []
+        self._lock = threading.RLock()
+        self._cancel_lock = threading.Lock()
+        self._cancel_event: threading.Event | None = None
+
+    # ---- image ------------------------------------------------------------------------------
+    def set_image(self, volume: Volume) -> None:
+        if not isinstance(volume, Volume):
+            raise InputError(f"set_image expects a samadapt3d Volume, got {type(volume).__name__}")
+        if volume.array.ndim != 3:
+            raise InputError(f"a volume must be 3D, got {volume.array.ndim} dimensions")
+        if volume.array.dtype == np.bool_ or not np.issubdtype(volume.array.dtype, np.number):
+            if volume.array.dtype != np.bool_:
+                raise InputError(f"image voxels must be numbers, got dtype {volume.array.dtype}")
+        if np.iscomplexobj(volume.array):
+            raise InputError("complex-valued images are not supported")
+        check_finite(volume.array)
+        with self._lock:
+            self._report(0.0, "preparing image")
+            space = ModelSpace(volume, self.model.preset)
+            self._report(0.5, "preparing model")
+            self.engine.set_image(space.image)
+            self.volume, self.space = volume, space
+            self._state = self._empty_state()
+            self._undo.clear()
+            self._redo.clear()
+            self._report(1.0, "image ready")
+
+    def _empty_state(self) -> _State:
+        shape = self.volume.array.shape
+        return _State(mask=np.zeros(shape, dtype=bool))
+
+    def _require_image(self) -> Volume:
+        if self.volume is None:
+            raise InputError("no image: call set_image first")
+        return self.volume
+
+    # ---- read-only state --------------------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray:
+        volume = self._require_image()
+        mask = self._state.mask
+        return mask if mask is not None else np.zeros(volume.array.shape, dtype=bool)
+
+    @property
+    def probability(self) -> np.ndarray | None:
+        return self._state.probability
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        return list(self._state.prompts)
+
+    @property
+    def seed_mask(self) -> np.ndarray | None:
+        return self._state.seed
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def to_index(self, coord, space: str = "ijk") -> np.ndarray:
+        """Continuous (i, j, k) of one point given in `space`; InputError when outside the image."""
+        volume = self._require_image()
+        try:
+            point = np.asarray(coord, dtype=np.float64).reshape(3)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"a point needs 3 coordinates, got {coord!r}") from exc
+        if not np.all(np.isfinite(point)):
+            raise InputError(f"a point needs 3 finite coordinates, got {coord!r}")
+        ijk = volume.to_index(point, space).reshape(3)
+        if not volume.contains_index(ijk)[0]:
+            where = "" if space == "ijk" else f" (index {tuple(round(float(v), 2) for v in ijk)})"
+            raise InputError(f"point {tuple(float(v) for v in point)} in {space.upper()}{where} is outside "
+                             f"the image of size {volume.size_ijk} (i, j, k)")
+        return ijk
+
+    def add_point(self, coord, positive: bool = True, space: str = "ijk", view_axis: int | None = None) -> np.ndarray:
+        ijk = self.to_index(coord, space)
+        if view_axis is not None and view_axis not in (0, 1, 2):
+            raise InputError(f"view_axis must be 0, 1, 2 (an ijk axis) or None, got {view_axis!r}")
+        prompt = Prompt("positive" if positive else "negative", tuple(float(v) for v in ijk), None, view_axis)
+        return self._change(prompts=self._state.prompts + (prompt,), view_axis=view_axis)
+
+    def box_to_index(self, corner_a, corner_b, space: str = "ijk") -> tuple[tuple, tuple]:
+        """A box's (lo, hi) inclusive voxel corners in (i, j, k), clipped to the image; InputError when
+        it misses the image or is empty (it must span more than one voxel along at least two axes)."""
+        volume = self._require_image()
+        corners = []
+        for c in (corner_a, corner_b):
+            try:
+                point = np.asarray(c, dtype=np.float64).reshape(3)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"a box corner needs 3 coordinates, got {c!r}") from exc
+            if not np.all(np.isfinite(point)):
+                raise InputError(f"a box corner needs 3 finite coordinates, got {c!r}")
+            corners.append(volume.to_index(point, space).reshape(3))
+        lo = np.floor(np.minimum(*corners) + 0.5)
+        hi = np.floor(np.maximum(*corners) + 0.5)
+        size = np.asarray(volume.size_ijk)
+        if np.any(hi < 0) or np.any(lo > size - 1):
+            raise InputError(f"box {tuple(lo)}..{tuple(hi)} (i, j, k) lies outside the image of size {tuple(size)}")
+        lo, hi = np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
+        if np.count_nonzero(hi > lo) < 2:
+            raise InputError(f"empty box {tuple(int(v) for v in lo)}..{tuple(int(v) for v in hi)} (i, j, k): "
+                             "a box must span more than one voxel along at least two axes")
+        return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
+
+    def set_box(self, corner_a, corner_b, space: str = "ijk") -> np.ndarray:
+        lo, hi = self.box_to_index(corner_a, corner_b, space)
+        prompts = tuple(p for p in self._state.prompts if p.kind != "box") + (Prompt("box", lo, hi),)
+        return self._change(prompts=prompts)
+
+    def clear_box(self) -> np.ndarray:
+        prompts = tuple(p for p in self._state.prompts if p.kind != "box")
+        if len(prompts) == len(self._state.prompts):
+            return self.mask
+        return self._change(prompts=prompts)
+
+    def remove_prompt(self, index: int) -> np.ndarray:
+        prompts = list(self._state.prompts)
+        if not isinstance(index, (int, np.integer)) or not -len(prompts) <= index < len(prompts):
+            raise InputError(f"no prompt {index!r}: the session has {len(prompts)} prompts")
+        del prompts[index]
+        return self._change(prompts=tuple(prompts))
+
+    def set_seed_mask(self, mask_kji: np.ndarray | None) -> np.ndarray:
+        """Start from an existing segment: it becomes the mask, prompts are cleared, and later prompts
+        refine it (positives add to it, negatives cut from it). None drops the seed. Undoable."""
+        volume = self._require_image()
+        seed = None
+        if mask_kji is not None:
+            seed = np.asarray(mask_kji)
+            if seed.shape != volume.array.shape:
+                raise InputError(f"seed mask shape {seed.shape} does not match the image's {volume.array.shape} [k, j, i]")
+            check_finite(seed, "the seed mask")
+            seed = np.ascontiguousarray(seed > 0.5 if seed.dtype != np.bool_ else seed)
+            seed.setflags(write=False)
+        return self._change(prompts=(), seed=seed)
+
+    def reset(self) -> np.ndarray:
+        """Drop prompts and seed (undoable)."""
+        self._require_image()
+        if not self._state.prompts and self._state.seed is None and not self.mask.any():
+            return self.mask
+        return self._change(prompts=(), seed=None)
+
+    def segment(self, positive: Sequence = (), negative: Sequence = (), box=None, space: str = "ijk",
+                seed: np.ndarray | None = None) -> np.ndarray:
+        """One shot: replace all prompts with these and return the mask (one model run)."""
+        self._require_image()
+        prompts = [Prompt("positive", tuple(map(float, self.to_index(p, space)))) for p in positive]
+        prompts += [Prompt("negative", tuple(map(float, self.to_index(p, space)))) for p in negative]
+        if box is not None:
+            lo, hi = self.box_to_index(box[0], box[1], space)
+            prompts.append(Prompt("box", lo, hi))
+        seed_arr = self._state.seed
+        if seed is not None:
+            seed_arr = np.asarray(seed) > 0.5 if np.asarray(seed).dtype != np.bool_ else np.asarray(seed)
+            if seed_arr.shape != self.volume.array.shape:
+                raise InputError(f"seed mask shape {seed_arr.shape} does not match the image's {self.volume.array.shape}")
+        return self._change(prompts=tuple(prompts), seed=seed_arr)
+
+    # ---- undo / redo ------------------------------------------------------------------------
+    def undo(self) -> np.ndarray:
+        with self._lock:
+            if self._undo:
+                self._redo.append(self._state)
+                self._state = self._undo.pop()
+            return self.mask
+
+    def redo(self) -> np.ndarray:
+        with self._lock:
+            if self._redo:
+                self._undo.append(self._state)
+                self._state = self._redo.pop()
+            return self.mask
+
+    # ---- cancel -----------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Cancel the running computation, if any (safe from any thread); it raises CancelledError
+        in the thread that started it and leaves the session unchanged."""
+        with self._cancel_lock:
+            if self._cancel_event is not None:
+                self._cancel_event.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._cancel_event is not None
+
+    # ---- the one place that runs the model --------------------------------------------------
+    _UNSET = object()
+
+    def _change(self, prompts: tuple[Prompt, ...], seed=_UNSET, view_axis: int | None = None) -> np.ndarray:
+        self._require_image()
+        with self._lock:
+            seed = self._state.seed if seed is self._UNSET else seed
+            event = threading.Event()
+            with self._cancel_lock:
+                self._cancel_event = event
+            try:
+                new_state = self._compute(prompts, seed, view_axis, event)
+            finally:
+                with self._cancel_lock:
+                    self._cancel_event = None
+            self._undo.append(self._state)
+            del self._undo[: max(0, len(self._undo) - self.max_undo)]
+            self._redo.clear()
+            self._state = new_state
+            return self.mask
+
+    def _compute(self, prompts, seed, view_axis, cancel: threading.Event) -> _State:
+        volume, space = self.volume, self.space
+        has_model_prompt = any(p.kind in ("positive", "box") for p in prompts) or (
+            seed is not None and any(p.kind == "negative" for p in prompts))
+        if not has_model_prompt:
+            mask = np.zeros(volume.array.shape, dtype=bool) if seed is None else seed
+            return _State(prompts, seed, mask, None if seed is None else mask.astype(np.float32), view_axis)
+        model_prompts = self.model_prompts(prompts, view_axis)
+        model_seed = None if seed is None else space.mask_to_model(seed)
+        self._report(0.0, "segmenting")
+
+        def engine_progress(fraction: float, message: str) -> None:
+            if cancel.is_set():
+                raise CancelledError("segmentation cancelled")
+            self._report(0.05 + 0.85 * float(fraction), message)
+
+        prob_model = self.engine.run(model_prompts, model_seed, engine_progress, cancel)
+        if cancel.is_set():
+            raise CancelledError("segmentation cancelled")
+        self._report(0.9, "mapping the result back to the image")
+        probability = space.from_model(prob_model, linear=True)
+        mask = probability > 0.5
+        mask.setflags(write=False)
+        probability.setflags(write=False)
+        if cancel.is_set():
+            raise CancelledError("segmentation cancelled")
+        self._report(1.0, "done")
+        return _State(prompts, seed, mask, probability, view_axis)
+
+    def model_prompts(self, prompts: Sequence[Prompt], view_axis: int | None = None) -> ModelPrompts:
+        """Session prompts -> model voxel coordinates (d, h, w)."""
+        space = self.space
+        pos = [p.ijk for p in prompts if p.kind == "positive"]
+        neg = [p.ijk for p in prompts if p.kind == "negative"]
+        box = None
+        for p in prompts:
+            if p.kind == "box":
+                lo, hi = np.asarray(p.ijk), np.asarray(p.ijk_end)
+                corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)]
+                                    for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
+                dhw = space.index_to_model(corners)
+                box = (dhw.min(axis=0), dhw.max(axis=0))
+        return ModelPrompts(
+            positive=space.index_to_model(pos) if pos else np.zeros((0, 3)),
+            negative=space.index_to_model(neg) if neg else np.zeros((0, 3)),
+            box=box,
+            view_axis=space.axis_to_model(view_axis),
+        )
+
+    def _report(self, fraction: float, message: str) -> None:
+        if self.progress is not None:
+            self.progress(min(1.0, max(0.0, float(fraction))), message)
