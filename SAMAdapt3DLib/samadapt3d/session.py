@@ -70,6 +70,45 @@ def check_finite(array: np.ndarray, what: str = "the image") -> None:
                              "fill or mask them before segmenting")
 
 
+def _triple(values, what: str) -> np.ndarray:
+    try:
+        point = np.asarray(values, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} needs 3 coordinates, got {values!r}") from exc
+    if not np.all(np.isfinite(point)):
+        raise InputError(f"{what} needs 3 finite coordinates, got {values!r}")
+    return point
+
+
+def point_to_index(volume: Volume, coord, space: str = "ijk") -> np.ndarray:
+    """Continuous (i, j, k) of a point given in `space` ("ijk", "lps", "ras"); InputError when its
+    nearest voxel is outside the image."""
+    point = _triple(coord, "a point")
+    ijk = volume.to_index(point, space).reshape(3)
+    if not volume.contains_index(ijk)[0]:
+        where = "" if space == "ijk" else f" (index {tuple(round(float(v), 2) for v in ijk)})"
+        raise InputError(f"point {tuple(float(v) for v in point)} in {space.upper()}{where} is outside "
+                         f"the image of size {volume.size_ijk} (i, j, k)")
+    return ijk
+
+
+def box_to_index(volume: Volume, corner_a, corner_b, space: str = "ijk") -> tuple[tuple, tuple]:
+    """A box's (lo, hi) inclusive voxel corners in (i, j, k), clipped to the image. Corners given in
+    LPS/RAS are converted to indices first (the box is axis-aligned in index space). InputError when
+    it misses the image or is empty: it must span more than one voxel along at least two axes."""
+    corners = [volume.to_index(_triple(c, "a box corner"), space).reshape(3) for c in (corner_a, corner_b)]
+    lo = np.floor(np.minimum(*corners) + 0.5)
+    hi = np.floor(np.maximum(*corners) + 0.5)
+    size = np.asarray(volume.size_ijk)
+    if np.any(hi < 0) or np.any(lo > size - 1):
+        raise InputError(f"box {tuple(lo)}..{tuple(hi)} (i, j, k) lies outside the image of size {tuple(size)}")
+    lo, hi = np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
+    if np.count_nonzero(hi > lo) < 2:
+        raise InputError(f"empty box {tuple(int(v) for v in lo)}..{tuple(int(v) for v in hi)} (i, j, k): "
+                         "a box must span more than one voxel along at least two axes")
+    return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
+
+
 class InteractiveSession:
     """Prompted segmentation of one volume at a time with one model.
 
@@ -153,19 +192,7 @@ class InteractiveSession:
     # ---- prompts ----------------------------------------------------------------------------
     def to_index(self, coord, space: str = "ijk") -> np.ndarray:
         """Continuous (i, j, k) of one point given in `space`; InputError when outside the image."""
-        volume = self._require_image()
-        try:
-            point = np.asarray(coord, dtype=np.float64).reshape(3)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"a point needs 3 coordinates, got {coord!r}") from exc
-        if not np.all(np.isfinite(point)):
-            raise InputError(f"a point needs 3 finite coordinates, got {coord!r}")
-        ijk = volume.to_index(point, space).reshape(3)
-        if not volume.contains_index(ijk)[0]:
-            where = "" if space == "ijk" else f" (index {tuple(round(float(v), 2) for v in ijk)})"
-            raise InputError(f"point {tuple(float(v) for v in point)} in {space.upper()}{where} is outside "
-                             f"the image of size {volume.size_ijk} (i, j, k)")
-        return ijk
+        return point_to_index(self._require_image(), coord, space)
 
     def add_point(self, coord, positive: bool = True, space: str = "ijk", view_axis: int | None = None) -> np.ndarray:
         ijk = self.to_index(coord, space)
@@ -175,28 +202,8 @@ class InteractiveSession:
         return self._change(prompts=self._state.prompts + (prompt,), view_axis=view_axis)
 
     def box_to_index(self, corner_a, corner_b, space: str = "ijk") -> tuple[tuple, tuple]:
-        """A box's (lo, hi) inclusive voxel corners in (i, j, k), clipped to the image; InputError when
-        it misses the image or is empty (it must span more than one voxel along at least two axes)."""
-        volume = self._require_image()
-        corners = []
-        for c in (corner_a, corner_b):
-            try:
-                point = np.asarray(c, dtype=np.float64).reshape(3)
-            except (TypeError, ValueError) as exc:
-                raise InputError(f"a box corner needs 3 coordinates, got {c!r}") from exc
-            if not np.all(np.isfinite(point)):
-                raise InputError(f"a box corner needs 3 finite coordinates, got {c!r}")
-            corners.append(volume.to_index(point, space).reshape(3))
-        lo = np.floor(np.minimum(*corners) + 0.5)
-        hi = np.floor(np.maximum(*corners) + 0.5)
-        size = np.asarray(volume.size_ijk)
-        if np.any(hi < 0) or np.any(lo > size - 1):
-            raise InputError(f"box {tuple(lo)}..{tuple(hi)} (i, j, k) lies outside the image of size {tuple(size)}")
-        lo, hi = np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
-        if np.count_nonzero(hi > lo) < 2:
-            raise InputError(f"empty box {tuple(int(v) for v in lo)}..{tuple(int(v) for v in hi)} (i, j, k): "
-                             "a box must span more than one voxel along at least two axes")
-        return tuple(float(v) for v in lo), tuple(float(v) for v in hi)
+        """A box's (lo, hi) inclusive voxel corners (i, j, k); see `box_to_index`."""
+        return box_to_index(self._require_image(), corner_a, corner_b, space)
 
     def set_box(self, corner_a, corner_b, space: str = "ijk") -> np.ndarray:
         lo, hi = self.box_to_index(corner_a, corner_b, space)
