@@ -47,6 +47,15 @@ class Sam3DAdapterConfig:
     num_classes: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def tiny(cls, **overrides: Any) -> "Sam3DAdapterConfig":
+        """A reduced network of the same layout (32³ crops, 8³ tokens, 4³ windows) for tests and demos."""
+        values: dict[str, Any] = dict(embed_dim=48, depth=4, num_heads=4, sam_grid=16, sam_window=4,
+                                      global_attn_indexes=(1, 3), window_size=4, depth_tokens=8, neck_dim=32,
+                                      prompt_mlp_dim=64, decoder_dim=16)
+        values.update(overrides)
+        return cls(**values)
+
     @property
     def token_grid(self) -> tuple[int, int, int]:
         """Token grid (D, H, W) of the encoder."""

@@ -1,0 +1,107 @@
+"""`samadapt3d bench`: speed and memory of the 3DSAM-adapter network with random weights.
+
+Prints, for the chosen device: the full-crop forward (encoder + prompt encoder + decoder), the
+prompt+decoder time with the encoder output reused (what a new click costs), and peak memory.
+Speed is a benchmark figure, never a test.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from .device import resolve_device
+from .families.sam3d import SAM3DAdapter, Sam3DAdapterConfig
+
+SMALL = Sam3DAdapterConfig(embed_dim=192, depth=4, num_heads=4, sam_grid=32, sam_window=8,
+                           global_attn_indexes=(1, 3), window_size=8, depth_tokens=16)
+
+
+def bench_config(name: str, crop: int) -> Sam3DAdapterConfig:
+    base = Sam3DAdapterConfig() if name == "full" else SMALL
+    if crop % 32:
+        raise SystemExit(f"--crop must be a multiple of 32, got {crop}")
+    tokens = crop * base.input_upsample // base.patch_size
+    return Sam3DAdapterConfig(**{**base.to_dict(), "sam_grid": 2 * tokens, "depth_tokens": tokens,
+                                 "global_attn_indexes": base.global_attn_indexes})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (torch.cuda.max_memory_allocated)"
+    if device.type == "mps":
+        return f"{torch.mps.driver_allocated_memory() / 2**30:.2f} GiB (mps driver allocated, at end)"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = rss if sys.platform == "darwin" else rss * 1024  # macOS reports bytes, Linux KiB
+    return f"{rss_bytes / 2**30:.2f} GiB (process peak RSS, ru_maxrss)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="samadapt3d bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--crop", type=int, default=128, help="cubic crop side in voxels (published: 128)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--config", default="full", choices=["full", "small"],
+                        help="full = published ViT-B network; small = a reduced one for a quick look")
+    parser.add_argument("--points", type=int, default=1, help="clicks per prediction")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    config = bench_config(args.config, args.crop)
+    torch.manual_seed(0)
+    model = SAM3DAdapter(config).to(device).eval()
+    crop = torch.randn(1, 1, *config.crop_size, device=device)
+    points = torch.rand(1, args.points, 3, device=device) * (args.crop - 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    with torch.inference_mode():
+        features = model.encode(crop)  # warm-up (allocations, kernels)
+        model.decode(features, points)
+        full = _time(lambda: model.decode(model.encode(crop), points), device, args.repeats)
+        decode = _time(lambda: model.decode(features, points), device, max(args.repeats, 3))
+
+    params = sum(p.numel() for p in model.parameters())
+    rows = [
+        ("device", f"{device} ({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads)"),
+        ("config", f"{args.config}: ViT dim {config.embed_dim}, depth {config.depth}, crop {config.crop_size}, "
+                   f"{params / 1e6:.1f} M parameters"),
+        ("full-crop forward (encode+decode)", f"{statistics.median(full):.3f} s median of {len(full)} "
+                                              f"(min {min(full):.3f})"),
+        ("decode only (encoder output reused)", f"{statistics.median(decode):.3f} s median of {len(decode)} "
+                                                f"(min {min(decode):.3f})"),
+        ("peak memory", _peak_memory(device)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
