@@ -34,7 +34,7 @@ _FACES = [(axis, side) for axis in range(3) for side in (-1, 1)]
 
 
 class CropEngine:
-    def __init__(self, model, max_crops: int = 8, cache_size: int = 16, overlap: float = 0.25) -> None:
+    def __init__(self, model, max_crops: int = 27, cache_size: int = 16, overlap: float = 0.25) -> None:
         self.model = model
         self.crop_size = np.asarray(model.crop_size, dtype=int)
         self.max_crops = int(max_crops)
