@@ -1,0 +1,161 @@
+"""SAMed: our model against a straightforward computation of the published algorithm.
+
+Reference = segment-anything's own modules with the LoRA merged into the qkv weight
+(W_qkv + [B_q A_q; 0; B_v A_v]), SAM's tables resized to the 1/2-size grid, no prompts, all mask
+tokens, bilinear upsampling, softmax.
+"""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from samadapt3d.engines.slab import class_probabilities, labels_from_probabilities, segment_volume
+from samadapt3d.errors import CheckpointError
+from samadapt3d.families import samed
+from samadapt3d.models import load_model
+from samadapt3d.sam import build_sam
+from samadapt3d.sam.build_sam import SAM_SIZES
+
+SIZE = "vit_tiny"  # SAM native 128 -> SAMed input 64
+
+
+def _randomise(module, scale=0.05):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A SAM base file (tiny, native 128 grid) and a SAMed checkpoint in the published layout."""
+    torch.manual_seed(1)
+    tmp = tmp_path_factory.mktemp("samed")
+    base = build_sam(SIZE)
+    _randomise(base)
+    base_path = tmp / "sam_tiny.pth"
+    torch.save(base.state_dict(), base_path)
+    model = samed.SAMedModel(SIZE, rank=4)
+    _randomise(model)
+    published = samed.to_published(model)
+    assert sorted(k for k in published if k.startswith("w_"))[:3] == ["w_a_000", "w_a_001", "w_a_002"]
+    assert len([k for k in published if k.startswith("w_a_")]) == 2 * SAM_SIZES[SIZE].depth
+    lora_path = tmp / "epoch_159.pth"
+    torch.save(published, lora_path)
+    return base_path, lora_path, base.state_dict(), published
+
+
+def _reference(segment_anything, base_state, published, image_size):
+    """segment-anything modules, LoRA merged into W_qkv, SAMed's load_from resizing."""
+    _, modeling = segment_anything
+    s = SAM_SIZES[SIZE]
+    grid = image_size // s.patch_size
+    encoder = modeling.ImageEncoderViT(
+        depth=s.depth, embed_dim=s.embed_dim, img_size=image_size, mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=s.num_heads, patch_size=s.patch_size,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=s.global_attn_indexes,
+        window_size=s.window_size, out_chans=s.prompt_embed_dim,
+    )
+    enc = {k[len("image_encoder."):]: v.clone() for k, v in base_state.items() if k.startswith("image_encoder.")}
+    enc["pos_embed"] = F.interpolate(enc["pos_embed"].permute(0, 3, 1, 2), (grid, grid), mode="bilinear",
+                                     align_corners=False).permute(0, 2, 3, 1)
+    for i in s.global_attn_indexes:
+        for name in ("rel_pos_h", "rel_pos_w"):
+            t = enc[f"blocks.{i}.attn.{name}"]
+            enc[f"blocks.{i}.attn.{name}"] = F.interpolate(t[None, None], (2 * grid - 1, t.shape[1]),
+                                                           mode="bilinear", align_corners=False)[0, 0]
+    d = s.embed_dim
+    for i in range(s.depth):
+        w = enc[f"blocks.{i}.attn.qkv.weight"]
+        dq = published[f"w_b_{2 * i:03d}"] @ published[f"w_a_{2 * i:03d}"]
+        dv = published[f"w_b_{2 * i + 1:03d}"] @ published[f"w_a_{2 * i + 1:03d}"]
+        enc[f"blocks.{i}.attn.qkv.weight"] = w + torch.cat([dq, torch.zeros(d, d), dv], dim=0)
+    encoder.load_state_dict(enc, strict=True)
+    prompt = modeling.PromptEncoder(embed_dim=s.prompt_embed_dim, image_embedding_size=(grid, grid),
+                                    input_image_size=(image_size, image_size), mask_in_chans=16)
+    decoder = modeling.MaskDecoder(
+        num_multimask_outputs=8,
+        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=s.prompt_embed_dim,
+                                               mlp_dim=s.decoder_mlp_dim, num_heads=s.decoder_heads),
+        transformer_dim=s.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=s.prompt_embed_dim,
+    )
+    prompt.load_state_dict({k[len("prompt_encoder."):]: v for k, v in published.items()
+                            if k.startswith("prompt_encoder.")})
+    decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in published.items()
+                             if k.startswith("mask_decoder.")})
+
+    def run(slice01):  # [S, S] in [0, 1]
+        x = torch.as_tensor(slice01)[None, None].repeat(1, 3, 1, 1)  # pixel mean 0, std 1
+        with torch.no_grad():
+            emb = encoder(x)
+            sparse, dense = prompt(points=None, boxes=None, masks=None)
+            masks, _ = decoder.predict_masks(emb, prompt.get_dense_pe(), sparse, dense)  # all 9 tokens
+            masks = F.interpolate(masks, (image_size, image_size), mode="bilinear", align_corners=False)
+            return masks.softmax(dim=1)[0]
+
+    return run
+
+
+def test_same_output_as_published_algorithm(files, segment_anything):
+    base_path, lora_path, base_state, published = files
+    model = load_model(lora_path, sam_checkpoint=base_path)
+    assert isinstance(model, samed.SAMedModel)
+    assert model.class_names == samed.SYNAPSE_CLASSES and model.image_size == 64 and model.rank == 4
+    reference = _reference(segment_anything, base_state, published, 64)
+    slice01 = torch.rand(64, 64)
+    ours = model.predict_slab(slice01[None].numpy())[0]
+    expected = reference(slice01)
+    assert ours.shape == (9, 64, 64)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
+    # The LoRA matters: zeroing B changes the output.
+    assert not torch.allclose(published["w_b_000"], torch.zeros_like(published["w_b_000"]))
+
+
+def test_volume_engine_runs_every_slice(files):
+    base_path, lora_path, _, _ = files
+    model = load_model(lora_path, sam_checkpoint=base_path)
+    volume = np.random.rand(3, 40, 48).astype(np.float32)
+    calls = []
+    probs = class_probabilities(model, volume, progress=lambda f, m: calls.append(f))
+    assert probs.shape == (9, 3, 40, 48)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs[:, 1], model.predict_slab(volume[1:2])[0].numpy(), atol=1e-6)
+    assert calls[-1] == 1.0
+    per_class = segment_volume(model, volume)
+    assert list(per_class) == list(samed.SYNAPSE_CLASSES)
+    np.testing.assert_allclose(per_class["liver"], probs[5], atol=1e-6)
+    assert labels_from_probabilities(probs).shape == (3, 40, 48)
+
+
+def test_preset_is_synapse_window():
+    p = samed.PRESET
+    out = p.normalize(np.array([-500.0, -125.0, 75.0, 275.0, 900.0]))
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_refuses_without_sam_base(files):
+    _, lora_path, _, _ = files
+    with pytest.raises(CheckpointError, match="sam_checkpoint"):
+        load_model(lora_path)
+
+
+def test_refuses_missing_and_mis_shaped_keys(files, tmp_path):
+    base_path, _, base_state, published = files
+    broken = dict(published)
+    del broken["w_b_003"]
+    path = tmp_path / "broken.pth"
+    torch.save(broken, path)
+    with pytest.raises(CheckpointError, match="w_b_003"):
+        load_model(path, sam_checkpoint=base_path)
+    bad = dict(published)
+    bad["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+    torch.save(bad, path)
+    with pytest.raises(CheckpointError, match="mask_decoder.iou_token.weight"):
+        load_model(path, sam_checkpoint=base_path)
+    # A base file of another SAM size: named key, no crash.
+    base = {k: v for k, v in base_state.items() if "blocks.3." not in k}
+    base_bad = tmp_path / "sam_bad.pth"
+    torch.save(base, base_bad)
+    with pytest.raises(CheckpointError, match="not a known SAM size|w_a_"):
+        load_model(path, sam_checkpoint=base_bad)
