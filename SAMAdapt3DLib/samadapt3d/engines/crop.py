@@ -12,7 +12,8 @@
 - Models trained with unlabelled points only cannot take negatives or boxes, so they are emulated
   (docs/SESSION.md):
   * a negative click removes the connected region of the result it lands in; when that region holds
-    positive clicks, only the voxels nearer to the negative click than to every positive click in it go;
+    positive clicks, only the voxels at least as near to the negative click as to every positive click
+    in it go (so a negative on a positive's voxel removes the whole region);
   * a box places the first crop at its centre (the box centre is the click when there are no positive
     points) and bounds the result: nothing outside the box is foreground, and no crop grows past it.
 - A seed mask (refining an existing segment) is kept: the result is the union of the seed and what
@@ -213,5 +214,5 @@ class CropEngine:
             coords = np.argwhere(region).astype(np.float64)
             d_neg = ((coords - neg) ** 2).sum(axis=1)
             d_pos = np.min([((coords - p) ** 2).sum(axis=1) for p in inside], axis=0)
-            drop = coords[d_neg < d_pos].astype(int)
+            drop = coords[d_neg <= d_pos].astype(int)  # ties go to the negative
             prob[tuple(drop.T)] = 0.0
