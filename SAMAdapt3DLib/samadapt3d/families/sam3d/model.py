@@ -115,10 +115,19 @@ class SAM3DAdapter(CropModel):
         small = F.interpolate(crop_hwd, size=(h, w, d), mode="trilinear", align_corners=False)
         return CropFeatures(features=features, small_crop=small, crop_size=tuple(self.crop_size))
 
+    @staticmethod
+    def _check_points(points: torch.Tensor, batch: int) -> None:
+        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != batch or points.shape[1] < 1:
+            raise InputError(f"points must be [B, N>=1, 3] with B={batch}, got {tuple(points.shape)}")
+
+    @torch.no_grad()
+    def predict_crop(self, crop: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        self._check_points(points, crop.shape[0])  # before the expensive encoder
+        return self.decode(self.encode(crop), points)
+
     def decode(self, features: CropFeatures, points: torch.Tensor) -> torch.Tensor:
         feats = features.features
-        if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != feats[0].shape[0] or points.shape[1] < 1:
-            raise InputError(f"points must be [B, N>=1, 3] with B={feats[0].shape[0]}, got {tuple(points.shape)}")
+        self._check_points(points, feats[0].shape[0])
         prompted = self.prompt_encoders[ACTIVE_PROMPT_ENCODER](feats[3], points.to(feats[3].device), features.crop_size)
         d, h, w = features.crop_size
         logits = self.mask_decoder([feats[0], feats[1], feats[2], prompted], features.small_crop, (h, w, d))
