@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in ("demo", "bench"):
             return _delegate(argv[0], argv[1:])
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_join_negative_values(argv))
         if args.command == "segment":
             return segment_command(args)
         if args.command == "models":
@@ -86,6 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("samadapt3d: interrupted", file=sys.stderr)
         return 130
+
+
+_VALUE_OPTIONS = {option for option, _, _ in _POINT_OPTIONS} | {"--box-ijk"}
+_NUMBER_LIST = re.compile(r"^-[0-9.]")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--point-ras -12.5,3,4` -> `--point-ras=-12.5,3,4` (argparse would take the value for an option)."""
+    out, n = [], 0
+    while n < len(argv):
+        if argv[n] in _VALUE_OPTIONS and n + 1 < len(argv) and _NUMBER_LIST.match(argv[n + 1]):
+            out.append(f"{argv[n]}={argv[n + 1]}")
+            n += 2
+        else:
+            out.append(argv[n])
+            n += 1
+    return out
 
 
 def _delegate(name: str, argv: list[str]) -> int:
