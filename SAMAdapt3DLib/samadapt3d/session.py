@@ -48,8 +48,14 @@ class _State:
 
 def make_engine(model):
     """The engine for a model's kind: CropEngine for a CropModel, SliceEngine for a SliceModel."""
+    from .errors import SAMAdapt3DError
     from .families.base import CropModel, SliceModel
 
+    if getattr(model, "class_names", None) is not None:
+        raise SAMAdapt3DError(
+            f"the {getattr(model, 'family', type(model).__name__)} model segments fixed classes "
+            f"({', '.join(model.class_names[:6])}{', ...' if len(model.class_names) > 6 else ''}) without prompts; "
+            "an interactive session needs a prompted model (e.g. litemedsam or 3DSAM-adapter)")
     if isinstance(model, CropModel):
         from .engines.crop import CropEngine
 

@@ -276,3 +276,15 @@ def test_segment_one_shot():
     mask = s.segment(positive=[(5, 5, 3), (12, 12, 10)], negative=[(12, 12, 10)])
     assert np.array_equal(mask, arr == 100)
     assert [p.kind for p in s.prompts] == ["positive", "positive", "negative"]
+
+
+def test_prompt_free_class_models_are_refused_clearly():
+    from samadapt3d.errors import SAMAdapt3DError
+    from samadapt3d.session import make_engine
+
+    model = ToyCropModel()
+    model.class_names = ("liver", "spleen")
+    with pytest.raises(SAMAdapt3DError, match="without prompts"):
+        make_engine(model)
+    with pytest.raises(TypeError):
+        make_engine(object())
