@@ -90,6 +90,43 @@ def segment_volume(
     return {name: probs[i + 1] for i, name in enumerate(model.class_names)}
 
 
+@torch.no_grad()
+def box_probabilities(
+    model,
+    image: np.ndarray,
+    box: tuple[np.ndarray, np.ndarray],
+    stride: int = 1,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """Foreground probability [D, H, W] of a box-prompted slab model (MA-SAM's box variant): every
+    slice of every window gets the 3D box's in-plane extent as its box; slices outside the box's
+    depth range are background. Windows slide as in `class_probabilities`."""
+    image = _check_volume(image)
+    lo, hi = (np.asarray(c, dtype=np.float64).reshape(3) for c in box)
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    d0, d1 = max(int(np.floor(lo[0])), 0), min(int(np.ceil(hi[0])), image.shape[0] - 1)
+    out = np.zeros(image.shape, dtype=np.float32)
+    if d1 < d0:
+        return out
+    slab = int(getattr(model, "slab_size", 1))
+    half = slab // 2
+    planar = np.array([lo[2], lo[1], hi[2], hi[1]], dtype=np.float32)  # x0, y0, x1, y1
+    padded = np.concatenate([image[:1]] * half + [image] + [image[-1:]] * half, axis=0) if half else image
+    total = np.zeros(padded.shape, dtype=np.float64)
+    count = np.zeros(padded.shape[0], dtype=np.float64)
+    starts = [s for s in window_starts(image.shape[0], slab, stride) if s <= d1 + half and s + slab - 1 >= d0 + half]
+    for n, start in enumerate(starts):
+        _tick(progress, cancel, n, len(starts), "slices")
+        probs = model.predict_slab(padded[start:start + slab], boxes=np.tile(planar, (slab, 1)))
+        total[start:start + slab] += (1.0 - probs[:, 0]).float().cpu().numpy()
+        count[start:start + slab] += 1
+    _tick(progress, cancel, len(starts), len(starts), "slices")
+    inner = slice(half + d0, half + d1 + 1)
+    out[d0:d1 + 1] = total[inner] / np.maximum(count[inner], 1)[:, None, None]
+    return out
+
+
 def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
     """Label map [D, H, W] (0 = background, i = class_names[i - 1]) from [K, D, H, W] probabilities."""
     return np.argmax(probs, axis=0).astype(np.uint8 if probs.shape[0] < 256 else np.int32)
