@@ -46,6 +46,35 @@ class _State:
     view_axis: int | None = None
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A state in the undo / redo history, compact: the mask bit-packed (exact), the probability in
+    1/255 steps (uint8); the seed is shared (read-only)."""
+
+    prompts: tuple[Prompt, ...]
+    seed: np.ndarray | None
+    shape: tuple[int, int, int]
+    mask_bits: np.ndarray
+    probability_u8: np.ndarray | None
+    view_axis: int | None
+
+    @classmethod
+    def pack(cls, state: _State) -> "_Stored":
+        mask = state.mask
+        prob = state.probability
+        return cls(state.prompts, state.seed, tuple(mask.shape), np.packbits(mask, axis=None),
+                   None if prob is None else np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), state.view_axis)
+
+    def unpack(self) -> _State:
+        count = int(np.prod(self.shape))
+        mask = np.unpackbits(self.mask_bits, count=count).astype(bool).reshape(self.shape)
+        prob = None if self.probability_u8 is None else self.probability_u8.astype(np.float32) / 255.0
+        for arr in (mask, prob):
+            if arr is not None:
+                arr.setflags(write=False)
+        return _State(self.prompts, self.seed, mask, prob, self.view_axis)
+
+
 def make_engine(model):
     """The engine for a model's kind: CropEngine for a CropModel, SliceEngine for a SliceModel."""
     from .errors import SAMAdapt3DError
@@ -130,8 +159,8 @@ class InteractiveSession:
         self.volume: Volume | None = None
         self.space: ModelSpace | None = None
         self._state = _State()
-        self._undo: list[_State] = []
-        self._redo: list[_State] = []
+        self._undo: list[_Stored] = []
+        self._redo: list[_Stored] = []
         self._lock = threading.RLock()
         self._cancel_lock = threading.Lock()
         self._cancel_event: threading.Event | None = None
@@ -161,7 +190,9 @@ class InteractiveSession:
 
     def _empty_state(self) -> _State:
         shape = self.volume.array.shape
-        return _State(mask=np.zeros(shape, dtype=bool))
+        mask = np.zeros(shape, dtype=bool)
+        mask.setflags(write=False)
+        return _State(mask=mask)
 
     def _require_image(self) -> Volume:
         if self.volume is None:
@@ -268,17 +299,19 @@ class InteractiveSession:
 
     # ---- undo / redo ------------------------------------------------------------------------
     def undo(self) -> np.ndarray:
+        """Back to the state before the last change (no model run). The probability of a restored
+        state is kept in 1/255 steps; the mask is exact."""
         with self._lock:
             if self._undo:
-                self._redo.append(self._state)
-                self._state = self._undo.pop()
+                self._redo.append(_Stored.pack(self._state))
+                self._state = self._undo.pop().unpack()
             return self.mask
 
     def redo(self) -> np.ndarray:
         with self._lock:
             if self._redo:
-                self._undo.append(self._state)
-                self._state = self._redo.pop()
+                self._undo.append(_Stored.pack(self._state))
+                self._state = self._redo.pop().unpack()
             return self.mask
 
     # ---- cancel -----------------------------------------------------------------------------
@@ -308,7 +341,7 @@ class InteractiveSession:
             finally:
                 with self._cancel_lock:
                     self._cancel_event = None
-            self._undo.append(self._state)
+            self._undo.append(_Stored.pack(self._state))
             del self._undo[: max(0, len(self._undo) - self.max_undo)]
             self._redo.clear()
             self._state = new_state
@@ -320,6 +353,7 @@ class InteractiveSession:
             seed is not None and any(p.kind == "negative" for p in prompts))
         if not has_model_prompt:
             mask = np.zeros(volume.array.shape, dtype=bool) if seed is None else seed
+            mask.setflags(write=False)
             return _State(prompts, seed, mask, None if seed is None else mask.astype(np.float32), view_axis)
         model_prompts = self.model_prompts(prompts, view_axis)
         model_seed = None if seed is None else space.mask_to_model(seed)

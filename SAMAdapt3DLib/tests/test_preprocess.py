@@ -109,3 +109,16 @@ def test_extract_crop_pads_at_borders_and_paste_max_clips():
     target = np.zeros((5, 6, 7), np.float32)
     paste_max(target, np.ones((4, 4, 4), np.float32), (-2, 4, 5))
     assert target.sum() == 2 * 2 * 2 and target[0:2, 4:6, 5:7].all()
+
+
+def test_resampling_back_only_near_the_object_equals_the_full_resampling():
+    from samadapt3d.preprocess import resample_array
+
+    rng = np.random.default_rng(5)
+    vol = Volume(np.zeros((20, 30, 26), np.float32), (0.7, 0.9, 2.2), (1, 2, 3), np.diag([1, -1, -1]))
+    space = ModelSpace(vol, Preset("t", spacing=(1.0, 1.0, 1.0), orientation="RAS", normalization="none"))
+    prob = np.zeros(space.shape, np.float32)
+    prob[10:20, 5:9, 12:15] = rng.uniform(0.2, 1.0, (10, 4, 3))
+    full = space.axis_map.inverse_array(resample_array(prob, space.grid, space.oriented, linear=True))
+    assert np.allclose(space.from_model(prob), full, atol=1e-6)
+    assert not space.from_model(np.zeros(space.shape, np.float32)).any()

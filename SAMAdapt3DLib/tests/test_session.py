@@ -288,3 +288,23 @@ def test_prompt_free_class_models_are_refused_clearly():
         make_engine(model)
     with pytest.raises(TypeError):
         make_engine(object())
+
+
+def test_history_is_compact_and_bounded():
+    arr = phantom()
+    s = session_for(Volume(arr), max_undo=3)
+    s.add_point((5, 5, 3))
+    prob = s.probability.copy()
+    for _ in range(5):
+        s.add_point((12, 12, 10))
+    assert len(s._undo) == 3
+    assert all(stored.mask_bits.nbytes <= arr.size // 8 + 1 for stored in s._undo)
+    s.undo(), s.undo(), s.undo()
+    assert not s.can_undo
+    s = session_for(Volume(arr))
+    s.add_point((5, 5, 3))
+    s.add_point((12, 12, 10))
+    s.undo()
+    assert np.array_equal(s.mask, arr == 100) and np.abs(s.probability - prob).max() <= 0.5 / 255 + 1e-7
+    with pytest.raises(ValueError):
+        s.mask[0, 0, 0] = True  # masks handed out are read-only
