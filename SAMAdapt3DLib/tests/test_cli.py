@@ -236,3 +236,21 @@ def test_cli_refines_a_seed_segment(tmp_path, image, toy_registry):
     result = Volume.from_file(out).array > 0
     assert np.array_equal(result, seed | (vol.array == 100))
     assert labels.grid.size_ijk == vol.size_ijk
+
+
+def test_negative_coordinates_after_point_options(tmp_path, image, toy_registry):
+    from samadapt3d.cli import _join_negative_values
+
+    assert _join_negative_values(["--point-ras", "-1.5,2,3", "-o", "x"]) == ["--point-ras=-1.5,2,3", "-o", "x"]
+    path, vol = image
+    ijk = np.array([5.0, 5.0, 3.0])
+    lps = vol.index_to_physical(ijk, "lps")
+    shift = Volume(vol.array, vol.spacing, vol.origin + [300, 300, -300] - lps, vol.direction)  # RAS all < 0
+    moved = tmp_path / "moved.nii.gz"
+    shift.save(moved)
+    ras = shift.index_to_physical(ijk, "ras")
+    assert (ras < 0).all()
+    out = tmp_path / "m.nii.gz"
+    assert main(["segment", str(moved), "-o", str(out), "--model", "toy-crop", "--quiet",
+                 "--point-ras", ",".join(str(v) for v in ras)]) == 0
+    assert np.array_equal(Volume.from_file(out).array > 0, vol.array == 100)
