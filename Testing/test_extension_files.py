@@ -1,0 +1,72 @@
+"""Static checks of the Slicer extension files (what CI can check without Slicer's GUI)."""
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "SAMAdapt3D"
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SAMAdapt3D")
+    scripts = {p.name for p in MODULE.glob("*.py")}
+    resources = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    listed = set(re.findall(r"[\w/]+\.(?:py|png|ui)", text))
+    assert scripts <= listed, scripts - listed
+    assert resources <= listed, resources - listed
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT SAMAdapt3D.py)" in text
+
+
+def test_top_level_cmake_is_a_slicer_extension():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for needle in ("project(SAMAdapt3D)", "EXTENSION_HOMEPAGE", 'EXTENSION_CATEGORY "Segmentation"',
+                   "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
+                   "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                   "add_subdirectory(SAMAdapt3D)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                   "include(${Slicer_EXTENSION_CPACK})"):
+        assert needle in text, needle
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+
+
+def test_widgets_used_by_the_module_exist_in_the_ui_file():
+    names = {w.get("name") for w in ET.parse(MODULE / "Resources/UI/SAMAdapt3D.ui").iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (MODULE / "SAMAdapt3D.py").read_text()))
+    assert used <= names, used - names
+
+
+def test_parameter_names_in_the_ui_match_the_parameter_node():
+    tree = ET.parse(MODULE / "Resources/UI/SAMAdapt3D.ui")
+    params = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
+    source = (MODULE / "SAMAdapt3D.py").read_text()
+    for name in params:
+        assert re.search(rf"^\s+{name}: ", source, re.M), name
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            out.add(node.module or "")
+    return out, path.read_text()
+
+
+def test_bridge_and_core_import_no_gui():
+    for name in ("SAMAdapt3DSceneBridge.py", "SAMAdapt3DCore.py"):
+        imports, text = _imports(MODULE / name)
+        assert not imports & {"qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "PythonQt"}, imports
+        code = re.sub(r'""".*?"""', "", text, flags=re.S)  # docstrings may name what is avoided
+        assert "slicer.app" not in code and "slicer.util" not in code and "mrmlScene" not in code
+
+
+def test_module_installs_nothing_at_import():
+    imports, text = _imports(MODULE / "SAMAdapt3D.py")
+    top = ast.parse(text).body
+    top_imports = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    assert "torch" not in top_imports and "samadapt3d" not in top_imports
+    assert not any(isinstance(n, ast.Expr) and "pip_install" in ast.unparse(n) for n in top)
