@@ -1,0 +1,268 @@
+"""Med-SA (Wu et al. 2023, "Medical SAM Adapter", github.com/MedicineToken/Medical-SAM-Adapter).
+
+Re-implemented from the paper and by reading the public code (GPL-3.0; nothing copied):
+- adapter = Linear(D -> D/4) -> GELU -> Linear(D/4 -> D) (`D_fc1`, `D_fc2`);
+- each block: Space adapter after attention (with its own skip: a + A(a)), MLP adapter parallel
+  to the MLP (x + mlp(n2(x)) + 0.5 * A(n2(x))), Depth adapter on a depth branch that runs the same
+  frozen norm1 + attention across slices (the slice axis folded into a dh x dw grid, dh * dw =
+  slices, relative-position tables interpolated) and is added to the spatial branch;
+- published quirks reproduced for published weights: the depth rearrangement happens after the
+  window partition, so in windowed blocks it groups consecutive windows of the same slice and only
+  the global-attention blocks mix slices; the window partition comes before norm1 (padded tokens
+  are normalised); SAM's 64x64 position grid is resized bicubically at run time; no pixel
+  mean/std; one mask token (single-mask output), sigmoid;
+- prompts: one point per slice; the evaluation script passes (row, col) pixel indices of the
+  slice as SAM's (x, y) without rescaling to the model input (`point_convention="published"`).
+
+Checkpoint: `{"state_dict": full model state, "optimizer": ..., ...}`, adapter keys
+`image_encoder.blocks.N.{Space,MLP,Depth}_Adapter.D_fc{1,2}.*`, relative positions named
+`rel_pos_h/w` (older code) or `rel_h/w` (newer).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import check_state_dict, strip_prefix
+from ..errors import CheckpointError, InputError
+from ..models import FamilySpec
+from ..preprocess import Preset
+from ..sam.build_sam import SAM_SIZES, SamSize, build_mask_decoder, build_prompt_encoder
+from ..sam.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
+from ._sam2d_common import ENCODER, load_sam_base, size_name_from_state, sized, slice_to_input
+from .base import SliceModel
+
+PRESET = Preset(name="med-sa-minmax", spacing=None, orientation="LPS", clip=None, normalization="minmax")
+
+
+class Adapter(nn.Module):
+    def __init__(self, dim: int, skip: bool, ratio: float = 0.25) -> None:
+        super().__init__()
+        self.skip = skip
+        self.D_fc1 = nn.Linear(dim, int(dim * ratio))
+        self.D_fc2 = nn.Linear(int(dim * ratio), dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.D_fc2(F.gelu(self.D_fc1(x)))
+        return x + y if self.skip else y
+
+
+def depth_grid(depth: int) -> tuple[int, int]:
+    """Med-SA's factorisation of the slice count into a dh x dw grid, as its search goes: start at
+    (floor(sqrt d), floor(sqrt d) + 1), grow the second factor when the product is short, shrink
+    the first when it is over (so 4 -> (1, 4), 6 -> (2, 3), 9 -> (1, 9)). Depth 1 -> (1, 1)."""
+    if depth < 2:
+        return 1, 1
+    a = int(depth ** 0.5)
+    b = a + 1
+    while a * b != depth:
+        if a * b < depth:
+            b += 1
+        else:
+            a -= 1
+    return a, b
+
+
+class MedSABlock(Block):
+    def __init__(self, dim: int, scale: float = 0.5, **kwargs) -> None:
+        super().__init__(dim, **kwargs)
+        self.MLP_Adapter = Adapter(dim, skip=False)
+        self.Space_Adapter = Adapter(dim, skip=True)
+        self.Depth_Adapter = Adapter(dim, skip=False)
+        self.scale = scale
+        self.slices = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, padded = window_partition(x, self.window_size)
+        xd = None
+        if self.slices > 1:
+            n, hh, ww, c = x.shape
+            d = self.slices  # consecutive batch items grouped as published (windows in windowed blocks)
+            xd = x.reshape(n // d, d, hh, ww, c).permute(0, 2, 3, 1, 4).reshape(-1, d, c)
+            dh, dw = depth_grid(d)
+            xd = self.Depth_Adapter(self.attn(self.norm1(xd).reshape(-1, dh, dw, c)))
+            xd = xd.reshape(n // d, hh * ww, d, c).permute(0, 2, 1, 3).reshape(n, hh, ww, c)
+        x = self.Space_Adapter(self.attn(self.norm1(x)))
+        if xd is not None:
+            x = x + xd
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, padded, (h, w))
+        x = shortcut + x
+        xn = self.norm2(x)
+        return x + self.mlp(xn) + self.scale * self.MLP_Adapter(xn)
+
+
+class MedSAEncoder(ImageEncoderViT):
+    def __init__(self, size: SamSize, image_size: int) -> None:
+        s = sized(size, image_size)
+        super().__init__(img_size=image_size, patch_size=s.patch_size, embed_dim=s.embed_dim, depth=s.depth,
+                         num_heads=s.num_heads, out_chans=s.prompt_embed_dim, window_size=s.window_size,
+                         global_attn_indexes=s.global_attn_indexes)
+        native = size.img_size // size.patch_size  # Med-SA keeps SAM's grid and resizes at run time
+        self.pos_embed = nn.Parameter(torch.zeros(1, native, native, s.embed_dim))
+        grid = image_size // s.patch_size
+        self.blocks = nn.ModuleList(
+            MedSABlock(s.embed_dim, num_heads=s.num_heads, input_size=(grid, grid),
+                       window_size=0 if i in s.global_attn_indexes else s.window_size)
+            for i in range(s.depth))
+
+    def forward_slices(self, x: torch.Tensor, slices: int) -> torch.Tensor:
+        for block in self.blocks:
+            block.slices = slices
+        x = self.patch_embed(x)
+        pos = F.interpolate(self.pos_embed.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic",
+                            align_corners=False).permute(0, 2, 3, 1)
+        x = x + pos
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+
+class MedSAModel(SliceModel):
+    family = "med_sa"
+    supports_negative_points = True
+
+    def __init__(self, size: str = "vit_b", image_size: int | None = None, num_multimask_outputs: int = 1,
+                 chunk: int | None = None, point_convention: str = "published", preset: Preset = PRESET) -> None:
+        super().__init__(preset)
+        base = SAM_SIZES[size]
+        self.size_name = size
+        self.image_size = image_size or base.img_size
+        #: slices the depth branch sees at once (published evaluation: `evl_chunk`, else the volume)
+        self.chunk = chunk
+        if point_convention not in ("published", "xy"):
+            raise ValueError("point_convention is 'published' or 'xy'")
+        self.point_convention = point_convention
+        s = sized(base, self.image_size)
+        grid = self.image_size // s.patch_size
+        self.image_encoder = MedSAEncoder(base, self.image_size)
+        self.prompt_encoder = build_prompt_encoder(s.prompt_embed_dim, self.image_size, grid)
+        self.mask_decoder = build_mask_decoder(s.prompt_embed_dim, s.decoder_depth, s.decoder_heads,
+                                               s.decoder_mlp_dim, num_multimask_outputs=num_multimask_outputs)
+
+    def preprocess_slice(self, slice2d):
+        return slice_to_input(slice2d, self.image_size), tuple(np.shape(slice2d))
+
+    def embed(self, images: torch.Tensor, slices: int | None = None) -> torch.Tensor:
+        """Inputs [d, 3, S, S] of d consecutive slices (one stack)."""
+        return self.image_encoder.forward_slices(images, slices or images.shape[0])
+
+    def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+    def to_model_points(self, rows_cols: np.ndarray, slice_shape: tuple[int, int]) -> np.ndarray:
+        """Pixel (row, col) of a slice -> prompt-encoder coordinates."""
+        rc = np.asarray(rows_cols, dtype=np.float32).reshape(-1, 2)
+        if self.point_convention == "published":
+            return rc  # (row, col) used as (x, y), not rescaled: what the published weights saw
+        return np.stack([rc[:, 1] * self.image_size / slice_shape[1], rc[:, 0] * self.image_size / slice_shape[0]], 1)
+
+    @torch.no_grad()
+    def predict_stack(self, stack: np.ndarray, points: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        """d normalised slices [d, H, W] with per-slice points [d, N, 2] (row, col) and labels [d, N]
+        -> foreground probability [d, H, W]."""
+        stack = np.asarray(stack, dtype=np.float32)
+        images = torch.stack([self.preprocess_slice(s)[0] for s in stack]).to(self.device)
+        emb = self.embed(images, stack.shape[0])
+        coords = np.stack([self.to_model_points(p, stack.shape[1:]) for p in points])
+        pts = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, dtype=torch.int, device=self.device))
+        logits, _ = self.decode(emb, points=pts)
+        logits = F.interpolate(logits[:, :1], stack.shape[1:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits[:, 0])
+
+    @torch.no_grad()
+    def predict_volume_prompted(self, image: np.ndarray, positive: np.ndarray, negative: np.ndarray,
+                                box=None, tick: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Clicks (d, h, w) -> probability [D, H, W]. Slices are run in stacks of `chunk` (default:
+        all slices between the outermost clicks, at least 2); every slice of a stack gets every
+        click's in-plane position, labelled positive/negative, as its point prompts (the published
+        evaluation gives each slice one point). Slices outside the stacks stay 0."""
+        if box is not None:
+            raise InputError("Med-SA takes point prompts, not boxes")
+        clicks = np.concatenate([positive, negative]).reshape(-1, 3)
+        labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
+        depth = image.shape[0]
+        d_lo, d_hi = int(np.floor(clicks[:, 0].min() + 0.5)), int(np.floor(clicks[:, 0].max() + 0.5))
+        chunk = self.chunk or max(d_hi - d_lo + 1, 2)
+        chunk = min(chunk, depth)
+        centre = (d_lo + d_hi) // 2
+        first = int(np.clip(centre - chunk // 2, 0, depth - chunk))
+        starts = list(range(first, d_hi + 1, chunk)) if d_hi >= first + chunk else [first]
+        starts = [min(s, depth - chunk) for s in starts]
+        out = np.zeros(image.shape, dtype=np.float32)
+        for n, start in enumerate(starts):
+            if tick:
+                tick(n, len(starts))
+            rows_cols = np.tile(clicks[None, :, 1:], (chunk, 1, 1))
+            lab = np.tile(labels[None], (chunk, 1))
+            out[start:start + chunk] = self.predict_stack(image[start:start + chunk], rows_cols, lab).cpu().numpy()
+        if tick:
+            tick(len(starts), len(starts))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "size": self.size_name, "image_size": self.image_size, "chunk": self.chunk}
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _normalise_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in strip_prefix(state, "").items():
+        key = key.replace(".attn.rel_h", ".attn.rel_pos_h").replace(".attn.rel_w", ".attn.rel_pos_w")
+        out[key] = value
+    return out
+
+
+def _state_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    inner = obj.get("state_dict", obj)
+    return inner if isinstance(inner, Mapping) else obj
+
+
+def detect(obj: Mapping[str, Any]) -> bool:
+    state = _state_of(obj)
+    return any(".Space_Adapter.D_fc1." in str(k) for k in state)
+
+
+def load(obj: Mapping[str, Any], path=None, sam_checkpoint=None, chunk: int | None = None,
+         point_convention: str = "published") -> MedSAModel:
+    source = str(path) if path is not None else "Med-SA checkpoint"
+    state = _normalise_keys(_state_of(obj))
+    if sam_checkpoint is not None:  # fill frozen SAM weights a trimmed file may lack
+        base, _ = load_sam_base(sam_checkpoint, "Med-SA")
+        for key, value in _normalise_keys(base).items():
+            if key.startswith(ENCODER) and key not in state and key != ENCODER + "pos_embed":
+                state[key] = value
+            elif key == ENCODER + "pos_embed":
+                state.setdefault(key, value)
+    size = size_name_from_state(state, source)
+    s = SAM_SIZES[size]
+    key = f"{ENCODER}blocks.{s.global_attn_indexes[0]}.attn.rel_pos_h"
+    if key not in state:
+        raise CheckpointError(f"{source} is not a complete Med-SA file: missing keys: {key}")
+    image_size = (int(state[key].shape[0]) + 1) // 2 * s.patch_size
+    tokens = state.get("mask_decoder.mask_tokens.weight")
+    if tokens is None:
+        raise CheckpointError(f"{source} is not a complete Med-SA file: missing keys: mask_decoder.mask_tokens.weight")
+    model = MedSAModel(size, image_size, int(tokens.shape[0]) - 1, chunk=chunk, point_convention=point_convention)
+    state = {k: v for k, v in state.items() if k.startswith((ENCODER, "prompt_encoder.", "mask_decoder."))}
+    check_state_dict(model, state, source=source)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+FAMILY = FamilySpec(
+    name="med_sa",
+    detect=detect,
+    load=load,
+    builtin_names={},
+    description="Med-SA (Medical SAM Adapter): SAM + space/depth/MLP adapters, point prompts, sigmoid",
+)
