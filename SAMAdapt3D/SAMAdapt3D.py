@@ -891,10 +891,12 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         centre = np.array(volume.size_ijk) // 2  # (i, j, k)
         radiusMm = 10.0
         ijkToRas = bridge.ijk_to_world_ras_matrix(volumeNode)
-        k, j, i = np.indices(array.shape)
-        ijk = np.stack([i, j, k], axis=-1).astype(float)
-        offsetsMm = (ijk - centre) @ ijkToRas[:3, :3].T
-        ball = np.linalg.norm(offsetsMm, axis=-1) <= radiusMm
+        reach = np.ceil(radiusMm / volume.spacing).astype(int) + 1  # voxels per axis (i, j, k) around the centre
+        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, volume.size_ijk)
+        k, j, i = np.mgrid[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+        offsetsMm = (np.stack([i, j, k], axis=-1) - centre) @ ijkToRas[:3, :3].T
+        ball = np.zeros(array.shape, bool)
+        ball[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = np.linalg.norm(offsetsMm, axis=-1) <= radiusMm
         array[ball] = 600
         slicer.util.arrayFromVolumeModified(volumeNode)
 

@@ -125,8 +125,9 @@ class Segmenter:
                 return session.undo() if session.can_undo else None
             if request.action == "redo":
                 return session.redo() if session.can_redo else None
-            if request.action == "reset":
-                return session.reset()
+            if request.action == "reset":  # clear prompts: back to the segment as it was before them
+                seed = session.seed_mask
+                return session.set_seed_mask(seed) if seed is not None else session.reset()
             return self._sync(session, request)
 
     @staticmethod

@@ -156,6 +156,9 @@ def test_refining_an_existing_segment_starts_from_its_voxels(world):
     _, mask = w["run"]()
     assert np.array_equal(mask, w["target"] | existing)  # a positive click adds to the seed
     assert np.array_equal(bridge.segment_mask(seg, sid, node), w["target"] | existing)
+    # "clear prompts": back to the segment as it was before the prompts, not an empty segment
+    _, mask = w["run"]("reset")
+    assert np.array_equal(mask, existing) and np.array_equal(bridge.segment_mask(seg, sid, node), existing)
 
 
 def test_embedded_default_model_segments_a_ball(scene):
