@@ -62,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "the first prompt with the mask drawn")
     seg.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
+    auto = sub.add_parser("auto", help="segment every class of a multi-class model (SAMed, MA-SAM)",
+                          description="Run a prompt-free multi-class model over the whole volume; writes a label "
+                                      "map (a .seg.nrrd gets one named segment per class).")
+    auto.add_argument("image", help="input image (.nii, .nii.gz, .nrrd, .mha, ...)")
+    auto.add_argument("-o", "--output", required=True, help=f"output label map ({', '.join(OUTPUT_SUFFIXES)})")
+    auto.add_argument("--model", required=True, help="weight file of a multi-class model")
+    auto.add_argument("--sam-checkpoint", default=None, help="base SAM weights, for families that need them")
+    auto.add_argument("--stride", type=int, default=1, help="slice stride of the sliding window (default: 1)")
+    auto.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    auto.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
     sub.add_parser("models", help="list the built-in model names and families")
     sub.add_parser("demo", help="run the demo (samadapt3d demo --help)", add_help=False)
     sub.add_parser("bench", help="run the benchmark (samadapt3d bench --help)", add_help=False)
@@ -77,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(_join_negative_values(argv))
         if args.command == "segment":
             return segment_command(args)
+        if args.command == "auto":
+            return auto_command(args)
         if args.command == "models":
             return models_command()
         parser.print_help()
@@ -212,6 +225,35 @@ def segment_command(args) -> int:
         voxels = int(mask.sum())
         ml = voxels * float(np.prod(volume.spacing)) / 1000.0
         print(f"wrote {output}: {voxels} voxels ({ml:.2f} mL)" + (f"; overlay {overlay}" if overlay else ""))
+    return 0
+
+
+def auto_command(args) -> int:
+    from .automatic import save_label_map, segment_all_classes
+    from .device import resolve_device
+    from .models import load_model
+    from .session import check_finite
+    from .volume import Volume
+
+    output = Path(args.output)
+    _output_suffix(output)
+    _check_writable(output, "label map")
+    if args.stride < 1:
+        raise InputError(f"--stride must be at least 1, got {args.stride}")
+    volume = Volume.from_file(args.image)
+    check_finite(volume.array, f"{args.image}")
+    model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device))
+    bar = _progress_bar(args.quiet)
+    try:
+        labels, names = segment_all_classes(model, volume, stride=args.stride,
+                                            progress=bar.update_to if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    save_label_map(volume, labels, names, output)
+    if not args.quiet:
+        counts = np.bincount(labels.reshape(-1), minlength=len(names) + 1)
+        print(f"wrote {output}: " + ", ".join(f"{name} {int(counts[n + 1])} voxels" for n, name in enumerate(names)))
     return 0
 
 
