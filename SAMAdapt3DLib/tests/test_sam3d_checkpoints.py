@@ -83,6 +83,9 @@ def test_full_vit_b_sam_state_dict_loads(tmp_path):
     assert model.crop_size == (128, 128, 128)
     assert model.image_encoder.blocks[2].attn.rel_pos_h.shape == (127, 64)  # global-sized table
     assert model.image_encoder.blocks[0].attn_mask.shape == (64, 512, 512)
+    released = released_state(model)
+    inferred = infer_config(released["encoder_dict"], released["decoder_dict"], released["feature_dict"][0])
+    assert inferred == Sam3DAdapterConfig()  # the published architecture, read back from shapes
 
 
 def test_incomplete_sam_file_warns_and_names_missing_keys(sam_file, tmp_path):
