@@ -84,7 +84,8 @@ def make_engine(model):
         raise SAMAdapt3DError(
             f"the {getattr(model, 'family', type(model).__name__)} model segments fixed classes "
             f"({', '.join(model.class_names[:6])}{', ...' if len(model.class_names) > 6 else ''}) without prompts; "
-            "an interactive session needs a prompted model (e.g. litemedsam or 3DSAM-adapter)")
+            "an interactive session needs a prompted model (e.g. litemedsam or 3DSAM-adapter); "
+            "run fixed-class models with `samadapt3d auto`")
     if isinstance(model, CropModel):
         from .engines.crop import CropEngine
 
