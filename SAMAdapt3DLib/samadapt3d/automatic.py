@@ -14,7 +14,7 @@ import numpy as np
 from .engines.base import ProgressCallback
 from .errors import InputError
 from .preprocess import ModelSpace
-from .volume import Volume
+from .volume import Volume, write_image_atomic
 
 # Distinct colours for label-map segments (RGB in [0, 1]), cycled.
 _COLOURS = ((0.85, 0.35, 0.25), (0.35, 0.7, 0.35), (0.3, 0.45, 0.85), (0.9, 0.8, 0.3),
@@ -68,12 +68,4 @@ def save_label_map(volume: Volume, labels: np.ndarray, names: tuple[str, ...], p
         }
         for key, value in fields.items():
             image.SetMetaData(f"Segment{n}_{key}", value)
-    tmp = path.with_name(f".{path.name}.partial.nrrd")
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    except RuntimeError as exc:
-        raise InputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_image_atomic(image, path)

@@ -164,19 +164,24 @@ class Volume:
 
     def save(self, path: str | os.PathLike, array: np.ndarray | None = None) -> None:
         """Write this geometry with `array` (default: own voxels); atomic: no half-written file."""
-        import SimpleITK as sitk
+        write_image_atomic(self.to_sitk(array), path)
 
-        path = Path(path)
-        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
-        tmp = path.with_name(f".{path.stem}.partial{suffix}")
-        try:
-            sitk.WriteImage(self.to_sitk(array), str(tmp), useCompression=True)
-            os.replace(tmp, path)
-        except RuntimeError as exc:
-            raise InputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+
+def write_image_atomic(image, path: str | os.PathLike) -> None:
+    """Write a SimpleITK image to a temporary name beside `path`, then rename: no half-written file."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    tmp = path.with_name(f".{path.stem}.partial{suffix}")
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    except RuntimeError as exc:
+        raise InputError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _check_space(space: str, allow_ijk: bool) -> None:
