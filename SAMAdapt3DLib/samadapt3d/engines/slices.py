@@ -1,0 +1,381 @@
+"""SliceEngine: 3D segmentation from any 2D SliceModel by slice-to-slice propagation.
+
+How a run works (all in model space, [D, H, W]):
+1. Slicing axis: the axis of the view the latest click came from (`prompts.view_axis`), else the
+   axis with the largest spacing (the acquisition axis; pass `spacing=` to `set_image`), else 0.
+2. Anchors. A 3D box gives one anchor on its middle slice, prompted with the box. Positive clicks
+   give one anchor per clicked slice: box-trained models (LiteMedSAM) give nothing useful for a bare
+   point, so candidate boxes of several sizes are centred on the click, each is grown by refitting
+   the box to its own mask, and the candidate that contains the click and scores best on
+   predicted IoU x mask stability x edge contrast x intensity homogeneity is kept.
+3. Propagation. From each anchor the mask walks to the neighbouring slices in both directions; each
+   slice is prompted with the bounding box (plus a margin) of its neighbour's mask, refitted once
+   if the result touches the box. It stops where the object ends: empty or tiny mask, a mask that no
+   longer overlaps its neighbour's, or a low predicted IoU (and at the 3D box's ends).
+4. Negative clicks: on their slice the part of the mask around the negative click is cut away
+   (the whole 2D component when no positive click shares it, else the pixels nearer to the negative
+   than to a positive click), and this carries on through the propagation; at the end every 3D
+   component that holds a negative click and no positive click is removed.
+Per-slice image embeddings are kept in an LRU cache bounded in bytes, so later clicks are fast.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import SimpleITK as sitk
+
+from ..errors import CancelledError, InputError
+from ..families.base import SliceModel
+from .base import ModelPrompts, ProgressCallback
+
+#: candidate box half-sizes around a click, as fractions of the slice's longer side
+CLICK_BOX_FRACTIONS = (0.03, 0.06, 0.09, 0.125, 0.16, 0.19, 0.23, 0.28, 0.34)
+#: rounds of refitting each candidate box to its own mask
+CLICK_ROUNDS = 4
+
+
+@dataclass
+class _SliceData:
+    embedding: torch.Tensor  # [1, C, h, w]
+    transform: object
+    image01: np.ndarray  # the slice min-max normalised to [0, 1], for the click scores
+    nbytes: int
+
+
+class SliceEngine:
+    """Engine (see engines/base.py) running a SliceModel slice by slice."""
+
+    def __init__(self, model: SliceModel, cache_bytes: int = 512 << 20, box_margin: float = 0.1,
+                 min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35) -> None:
+        self.model = model.eval()
+        self.cache_bytes = int(cache_bytes)
+        self.box_margin = box_margin
+        self.min_area = min_area
+        self.min_overlap = min_overlap
+        self.min_iou = min_iou
+        self.image: np.ndarray | None = None
+        self.spacing: tuple[float, float, float] | None = None
+        self._cache: OrderedDict[tuple[int, int], _SliceData] = OrderedDict()
+        self._cache_used = 0
+        #: counters for tests and benchmarks
+        self.stats = {"embedded": 0, "cache_hits": 0}
+
+    # ---- Engine protocol -----------------------------------------------------------------------
+    def set_image(self, image: np.ndarray, spacing=None) -> None:
+        """Model-space image [D, H, W] (preset-normalised). `spacing` (optional keyword): voxel size in
+        mm along (D, H, W); it only picks the default slicing axis (the largest spacing)."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3:
+            raise InputError(f"SliceEngine needs a 3D image [D, H, W], got shape {image.shape}")
+        if not np.all(np.isfinite(image)):
+            raise InputError("the image holds NaN or infinite values")
+        self.image = image
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self._cache.clear()
+        self._cache_used = 0
+
+    def default_axis(self) -> int:
+        if self.spacing is None:
+            return 0
+        return int(np.argmax(self.spacing))
+
+    @torch.no_grad()
+    def run(self, prompts: ModelPrompts, seed: np.ndarray | None = None,
+            progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> np.ndarray:
+        if self.image is None:
+            raise InputError("call set_image before run")
+        shape = self.image.shape
+        if prompts.empty:
+            return np.zeros(shape, np.float32) if seed is None else np.asarray(seed, np.float32)
+        axis = self.default_axis() if prompts.view_axis is None else int(prompts.view_axis)
+        if axis not in (0, 1, 2):
+            raise InputError(f"view_axis must be 0, 1 or 2, got {prompts.view_axis}")
+        self._check_inside(prompts)
+        run = _Run(self, axis, prompts, progress, cancel)
+        prob = run.execute()
+        return np.moveaxis(prob, 0, axis)
+
+    def _check_inside(self, prompts: ModelPrompts) -> None:
+        size = np.asarray(self.image.shape)
+        for name, pts in (("positive", prompts.positive), ("negative", prompts.negative)):
+            bad = [p for p in pts if np.any(p < -0.5) or np.any(p > size - 0.5)]
+            if bad:
+                raise InputError(f"{name} point {tuple(np.round(bad[0], 2))} is outside the image {tuple(size)}")
+
+    # ---- per-slice model calls -----------------------------------------------------------------
+    def slice_data(self, axis: int, index: int, cancel: threading.Event | None = None) -> _SliceData:
+        key = (axis, index)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return hit
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("segmentation cancelled")
+        slice2d = np.take(self.image, index, axis=axis)
+        tensor, transform = self.model.preprocess_slice(slice2d)
+        embedding = self.model.embed(tensor[None]).detach()
+        if hasattr(self.model, "normalize_slice"):
+            image01 = self.model.normalize_slice(slice2d)
+        else:
+            lo, hi = float(slice2d.min()), float(slice2d.max())
+            image01 = (slice2d - lo) / max(hi - lo, 1e-8)
+        data = _SliceData(embedding, transform, image01.astype(np.float32),
+                          embedding.numel() * embedding.element_size() + image01.nbytes)
+        self.stats["embedded"] += 1
+        self._cache[key] = data
+        self._cache_used += data.nbytes
+        while self._cache_used > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cache_used -= old.nbytes
+        return data
+
+    def predict_boxes(self, data: _SliceData, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes [N, 4] (r0, c0, r1, c1 inclusive, slice pixels) -> logits [N, rows, cols], IoU [N]."""
+        model = self.model
+        tr = data.transform
+        mboxes = np.stack([model.box_to_model(tr, *b) for b in np.asarray(boxes, np.float64).reshape(-1, 4)])
+        logits, iou = model.decode(data.embedding, boxes=torch.as_tensor(mboxes, dtype=torch.float32))
+        logits = model.mask_to_slice(tr, logits[:, :1].float().cpu())[:, 0]
+        return logits.numpy(), iou[:, 0].float().cpu().numpy()
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def _clip_box(box, shape, within=None) -> tuple[int, int, int, int]:
+    lo_r, lo_c, hi_r, hi_c = (0, 0, shape[0] - 1, shape[1] - 1) if within is None else within
+    r0, c0, r1, c1 = (int(v) for v in box)
+    return (max(r0, lo_r), max(c0, lo_c), min(r1, hi_r), min(c1, hi_c))
+
+
+def _grow(box, margin: float, shape, within=None) -> tuple[int, int, int, int]:
+    r0, c0, r1, c1 = box
+    pad = max(2, int(round(margin * max(r1 - r0 + 1, c1 - c0 + 1))))
+    return _clip_box((r0 - pad, c0 - pad, r1 + pad, c1 + pad), shape, within)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    return torch.nn.functional.max_pool2d(t, 2 * radius + 1, 1, radius)[0, 0].numpy() > 0.5
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    return ~_dilate(~mask, radius)
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    """Connected components (faces, edges and corners connect) of a 2D or 3D bool mask; 0 = background."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8))
+    return sitk.GetArrayFromImage(sitk.ConnectedComponent(image, True))
+
+
+class _Run:
+    """One `run` call: prompts mapped onto slices along `axis`, anchors, propagation."""
+
+    def __init__(self, engine: SliceEngine, axis: int, prompts: ModelPrompts, progress, cancel) -> None:
+        self.e = engine
+        self.axis = axis
+        self.progress = progress
+        self.cancel = cancel
+        self.n = engine.image.shape[axis]
+        self.plane = tuple(s for a, s in enumerate(engine.image.shape) if a != axis)
+        order = [axis] + [a for a in range(3) if a != axis]
+        self.pos = np.round(prompts.positive[:, order]).astype(int) if len(prompts.positive) else np.zeros((0, 3), int)
+        self.neg = np.round(prompts.negative[:, order]).astype(int) if len(prompts.negative) else np.zeros((0, 3), int)
+        self.box = None
+        if prompts.box is not None:
+            lo, hi = (np.asarray(c)[order] for c in prompts.box)
+            lo = np.clip(np.round(lo).astype(int), 0, np.asarray([self.n, *self.plane]) - 1)
+            hi = np.clip(np.round(hi).astype(int), 0, np.asarray([self.n, *self.plane]) - 1)
+            self.box = (lo, hi)
+        self.prob = np.zeros((self.n, *self.plane), np.float32)
+        self.done = 0
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _tick(self, message: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("segmentation cancelled")
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done / max(self.n, 1), 0.99), message)
+
+    def _plane_box(self):
+        if self.box is None:
+            return None
+        lo, hi = self.box
+        return (int(lo[1]), int(lo[2]), int(hi[1]), int(hi[2]))
+
+    def _in_range(self, k: int) -> bool:
+        if self.box is None:
+            return 0 <= k < self.n
+        return int(self.box[0][0]) <= k <= int(self.box[1][0])
+
+    def _apply_negatives(self, k: int, mask: np.ndarray) -> np.ndarray:
+        negs = [(r, c) for kk, r, c in self.neg if kk == k and mask[r, c]]
+        if not negs:
+            return mask
+        labels = _label(mask)
+        pos = [(r, c) for kk, r, c in self.pos if kk == k]
+        mask = mask.copy()
+        for r, c in negs:
+            comp = labels == labels[r, c]
+            shared = [(pr, pc) for pr, pc in pos if comp[pr, pc]]
+            if not shared:
+                mask &= ~comp
+                continue
+            rr, cc = np.nonzero(comp)
+            d_neg = (rr - r) ** 2 + (cc - c) ** 2
+            d_pos = np.min([(rr - pr) ** 2 + (cc - pc) ** 2 for pr, pc in shared], axis=0)
+            cut = d_neg < d_pos
+            mask[rr[cut], cc[cut]] = False
+        return mask
+
+    def _predict(self, k: int, box) -> tuple[np.ndarray, float]:
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        logits, iou = self.e.predict_boxes(data, np.asarray([box]))
+        return logits[0], float(iou[0])
+
+    # ---- anchors ---------------------------------------------------------------------------
+    def _click_anchor(self, k: int, points: list[tuple[int, int]]) -> tuple[np.ndarray, float] | None:
+        """Best mask on slice k for positive clicks `points` (box candidates grown to fit)."""
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        within = self._plane_box()
+        negs = [(r, c) for kk, r, c in self.neg if kk == k]
+        pr = np.array([p[0] for p in points]); pc = np.array([p[1] for p in points])
+        side = max(self.plane)
+        boxes = []
+        for frac in CLICK_BOX_FRACTIONS:
+            h = max(2, int(round(frac * side)))
+            box = _clip_box((pr.min() - h, pc.min() - h, pr.max() + h, pc.max() + h), self.plane, within)
+            if box not in boxes:
+                boxes.append(box)
+        final: list[tuple[np.ndarray, float]] = []
+        for round_ in range(CLICK_ROUNDS):
+            logits, ious = self.e.predict_boxes(data, np.asarray(boxes))
+            grow = []
+            for box, lg, io in zip(boxes, logits, ious):
+                mask = lg > 0
+                if not mask[pr, pc].all():
+                    continue  # lost the click: drop this candidate
+                new = _grow(_bbox(mask), 0.15, self.plane, within)
+                if round_ < CLICK_ROUNDS - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
+                    grow.append(new)
+                else:
+                    final.append((lg, float(io)))
+            if not grow:
+                break
+            boxes = grow
+        best, best_score = None, -1.0
+        for logits, iou in final:
+            mask = logits > 0
+            if any(mask[r, c] for r, c in negs):
+                continue
+            score = iou * self._stability(logits) * self._edge(data.image01, mask) * self._homogeneity(
+                data.image01, mask, pr, pc)
+            if score > best_score:
+                best, best_score = (logits, iou), score
+        return best
+
+    @staticmethod
+    def _stability(logits: np.ndarray) -> float:
+        return float((logits > 1).sum() / max((logits > -1).sum(), 1))
+
+    @staticmethod
+    def _edge(img: np.ndarray, mask: np.ndarray) -> float:
+        ring = _dilate(mask, 2) & ~mask
+        inner = mask & ~_erode(mask, 2)
+        if not ring.any() or not inner.any():
+            return 0.0
+        return float(abs(img[inner].mean() - img[ring].mean())) + 1e-3
+
+    @staticmethod
+    def _homogeneity(img: np.ndarray, mask: np.ndarray, pr, pc) -> float:
+        ref = np.median([img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] for r, c in zip(pr, pc)])
+        return float(np.mean(np.abs(img[mask] - ref) < 0.1)) + 1e-3
+
+    # ---- propagation -----------------------------------------------------------------------
+    def _propagate(self, k0: int, mask0: np.ndarray, step: int) -> None:
+        prev = mask0
+        k = k0 + step
+        within = self._plane_box()
+        while self._in_range(k) and prev.sum() >= self.e.min_area:
+            self._tick(f"slice {k}")
+            box = _grow(_bbox(prev), self.e.box_margin, self.plane, within)
+            logits, iou = self._predict(k, box)
+            mask = logits > 0
+            fit = _bbox(mask)
+            if fit is not None and (fit[0] <= box[0] or fit[1] <= box[1] or fit[2] >= box[2] or fit[3] >= box[3]):
+                refit = _grow(fit, self.e.box_margin, self.plane, within)
+                if refit != box:
+                    logits, iou = self._predict(k, refit)
+                    mask = logits > 0
+            mask = self._apply_negatives(k, mask)
+            if mask.sum() < self.e.min_area or iou < self.e.min_iou:
+                break
+            near = _dilate(prev, 2)
+            if (mask & near).sum() < self.e.min_overlap * mask.sum():
+                break
+            self._store(k, logits, mask)
+            prev = mask
+            k += step
+
+    def _store(self, k: int, logits: np.ndarray, mask: np.ndarray) -> None:
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        p = np.where(mask, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3))
+        if self.box is not None:
+            r0, c0, r1, c1 = self._plane_box()
+            clip = np.zeros_like(mask)
+            clip[r0:r1 + 1, c0:c1 + 1] = True
+            p = np.where(clip, p, 0.0)
+        self.prob[k] = np.maximum(self.prob[k], p.astype(np.float32))
+
+    def execute(self) -> np.ndarray:
+        anchors: list[tuple[int, np.ndarray]] = []
+        if self.box is not None:
+            k = int(round((self.box[0][0] + self.box[1][0]) / 2))
+            self._tick(f"slice {k}")
+            logits, _ = self._predict(k, self._plane_box())
+            mask = self._apply_negatives(k, logits > 0)
+            self._store(k, logits, mask)
+            anchors.append((k, mask))
+        by_slice: dict[int, list[tuple[int, int]]] = {}
+        for k, r, c in self.pos:
+            by_slice.setdefault(int(k), []).append((int(r), int(c)))
+        for k, points in by_slice.items():
+            if not self._in_range(k):
+                continue
+            self._tick(f"click on slice {k}")
+            found = self._click_anchor(k, points)
+            if found is None:
+                continue
+            logits, _ = found
+            mask = self._apply_negatives(k, logits > 0)
+            self._store(k, logits, mask)
+            anchors.append((k, mask))
+        for k, mask in anchors:
+            self._propagate(k, mask, +1)
+            self._propagate(k, mask, -1)
+        self._remove_negative_components()
+        if self.progress is not None:
+            self.progress(1.0, "done")
+        return self.prob
+
+    def _remove_negative_components(self) -> None:
+        if not len(self.neg):
+            return
+        labels = _label(self.prob > 0.5)
+        keep = {labels[tuple(p)] for p in self.pos} - {0}
+        for p in self.neg:
+            lab = labels[tuple(p)]
+            if lab and lab not in keep:
+                self.prob[labels == lab] = 0.0
