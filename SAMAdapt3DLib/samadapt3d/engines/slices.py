@@ -11,7 +11,9 @@ How a run works (all in model space, [D, H, W]):
 3. Propagation. From each anchor the mask walks to the neighbouring slices in both directions; each
    slice is prompted with the bounding box (plus a margin) of its neighbour's mask, refitted once
    if the result touches the box. It stops where the object ends: empty or tiny mask, a mask that no
-   longer overlaps its neighbour's, or a low predicted IoU (and at the 3D box's ends).
+   longer overlaps its neighbour's, a low predicted IoU, or a median intensity (of the model's
+   normalised slice) that moved more than `max_level_change` from the anchor's (another tissue);
+   and at the 3D box's ends.
 4. Negative clicks: on their slice the part of the mask around the negative click is cut away
    (the whole 2D component when no positive click shares it, else the pixels nearer to the negative
    than to a positive click), and this carries on through the propagation; at the end every 3D
@@ -50,13 +52,15 @@ class SliceEngine:
     """Engine (see engines/base.py) running a SliceModel slice by slice."""
 
     def __init__(self, model: SliceModel, cache_bytes: int = 512 << 20, box_margin: float = 0.1,
-                 min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35) -> None:
+                 min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35,
+                 max_level_change: float = 0.12) -> None:
         self.model = model.eval()
         self.cache_bytes = int(cache_bytes)
         self.box_margin = box_margin
         self.min_area = min_area
         self.min_overlap = min_overlap
         self.min_iou = min_iou
+        self.max_level_change = max_level_change
         self.image: np.ndarray | None = None
         self.spacing: tuple[float, float, float] | None = None
         self._cache: OrderedDict[tuple[int, int], _SliceData] = OrderedDict()
@@ -306,6 +310,7 @@ class _Run:
     # ---- propagation -----------------------------------------------------------------------
     def _propagate(self, k0: int, mask0: np.ndarray, step: int) -> None:
         prev = mask0
+        ref = float(np.median(self.e.slice_data(self.axis, k0, self.cancel).image01[mask0])) if mask0.any() else 0.0
         k = k0 + step
         within = self._plane_box()
         while self._in_range(k) and prev.sum() >= self.e.min_area:
@@ -325,6 +330,9 @@ class _Run:
             near = _dilate(prev, 2)
             if (mask & near).sum() < self.e.min_overlap * mask.sum():
                 break
+            level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
+            if abs(level - ref) > self.e.max_level_change:
+                break  # another tissue: the object has ended
             self._store(k, logits, mask)
             prev = mask
             k += step
