@@ -76,7 +76,8 @@ class _Stored:
 
 
 def make_engine(model):
-    """The engine for a model's kind: CropEngine for a CropModel, SliceEngine for a SliceModel."""
+    """The engine for a model's kind: SlabEngine for a prompted slab model (Med-SA), CropEngine for a
+    CropModel, SliceEngine for another SliceModel."""
     from .errors import SAMAdapt3DError
     from .families.base import CropModel, SliceModel
 
@@ -86,6 +87,10 @@ def make_engine(model):
             f"({', '.join(model.class_names[:6])}{', ...' if len(model.class_names) > 6 else ''}) without prompts; "
             "an interactive session needs a prompted model (e.g. litemedsam or 3DSAM-adapter); "
             "run fixed-class models with `samadapt3d auto`")
+    if callable(getattr(model, "predict_volume_prompted", None)):
+        from .engines.slab import SlabEngine  # prompted slab models (Med-SA) choose their own slices
+
+        return SlabEngine(model)
     if isinstance(model, CropModel):
         from .engines.crop import CropEngine
 

@@ -31,3 +31,29 @@ def import_segment_anything():
 @pytest.fixture(scope="session")
 def segment_anything():
     return import_segment_anything()
+
+
+def _randomise(module: torch.nn.Module, scale: float = 0.05) -> None:
+    """Move every parameter off its initial value (zero-initialised LoRA B, adapters...) so a test
+    of the published algorithm sees every weight at work."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.fixture(scope="session")
+def randomise():
+    return _randomise
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_base(tmp_path_factory):
+    """A randomised tiny SAM base file in segment-anything's layout: (path, state dict)."""
+    from samadapt3d.sam import build_sam
+
+    torch.manual_seed(1)
+    base = build_sam("vit_tiny")
+    _randomise(base)
+    path = tmp_path_factory.mktemp("sam_base") / "sam_tiny.pth"
+    torch.save(base.state_dict(), path)
+    return path, base.state_dict()

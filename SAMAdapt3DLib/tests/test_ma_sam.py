@@ -16,7 +16,6 @@ from samadapt3d.engines.slab import box_probabilities, class_probabilities, segm
 from samadapt3d.errors import CheckpointError
 from samadapt3d.families import ma_sam
 from samadapt3d.models import load_model
-from samadapt3d.sam import build_sam
 from samadapt3d.sam.build_sam import SAM_SIZES
 
 SIZE = "vit_tiny"
@@ -26,29 +25,20 @@ CHANNELS = 8
 RANK = 4
 
 
-def _randomise(module, scale=0.05):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn_like(p))
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_sam_base, randomise):
     torch.manual_seed(2)
     tmp = tmp_path_factory.mktemp("ma_sam")
-    base = build_sam(SIZE)
-    _randomise(base)
-    base_path = tmp / "sam_tiny.pth"
-    torch.save(base.state_dict(), base_path)
+    base_path, base_state = tiny_sam_base
     model = ma_sam.MASAMModel(SIZE, NUM_CLASSES, rank=RANK, adapter_channels=CHANNELS)
-    _randomise(model, 0.2)
+    randomise(model, 0.2)
     published = ma_sam.to_published(model)
     assert "image_encoder.ImageEncoderViT.blocks.0.Block.adapter_conv_2.weight" in published
     assert "image_encoder.FacTu.weight" in published and "v_FacTs_003" in published
     assert not any("blocks.0.attn" in k for k in published)  # frozen SAM weights are not in the file
     path = tmp / "epoch_159.pth"
     torch.save(published, path)
-    return base_path, path, base.state_dict(), published
+    return base_path, path, base_state, published
 
 
 def _reference(segment_anything, base_state, pub):

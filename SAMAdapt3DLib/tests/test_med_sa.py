@@ -14,24 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt3d.engines.base import ModelPrompts
-from samadapt3d.engines.slab import segment_volume_prompted
+from samadapt3d.engines.slab import SlabEngine, segment_volume_prompted
 from samadapt3d.errors import CheckpointError, InputError
 from samadapt3d.families import med_sa
 from samadapt3d.models import load_model
 from samadapt3d.sam.build_sam import SAM_SIZES
+from samadapt3d.session import InteractiveSession
+from samadapt3d.volume import Volume
 
 SIZE = "vit_tiny"
 S = 48  # grid 3 with window 4: the window partition pads
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, randomise):
     torch.manual_seed(3)
     tmp = tmp_path_factory.mktemp("med_sa")
     model = med_sa.MedSAModel(SIZE, image_size=S)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    randomise(model, 0.1)
     state = model.state_dict()
     # newer Med-SA naming: rel_h / rel_w
     published = {k.replace("rel_pos_h", "rel_h").replace("rel_pos_w", "rel_w"): v for k, v in state.items()}
@@ -163,3 +163,26 @@ def test_refuses_bad_files(files, tmp_path):
     with pytest.raises(CheckpointError, match="Space_Adapter.D_fc1.weight"):
         med_sa.load({"state_dict": bad})
     assert not med_sa.detect({"w_a_000": 1})
+
+
+def test_interactive_session_runs_med_sa(files):
+    """Med-SA through the same InteractiveSession as the other families: clicks in the volume's
+    index space reach the model as (d, h, w) prompts; undo restores the previous mask."""
+    path, _, _ = files
+    model = load_model(path)
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.random((6, 30, 30)).astype(np.float32), spacing=(0.8, 0.8, 2.0))
+    session = InteractiveSession(model)
+    assert isinstance(session.engine, SlabEngine)
+    session.set_image(volume)
+    first = session.add_point((12, 10, 2))  # (i, j, k)
+    space = session.space
+    expected = segment_volume_prompted(model, space.image, session.model_prompts(session.prompts))
+    np.testing.assert_array_equal(first, space.from_model(expected, linear=True) > 0.5)
+    assert first[2].any() and not first[0].any()  # the clicked slice and its stack only
+    second = session.add_point((5, 20, 3), positive=False)
+    assert [p.kind for p in session.prompts] == ["positive", "negative"]
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(session.undo(), first)
+    with pytest.raises(InputError, match="box"):
+        session.set_box((0, 0, 0), (10, 10, 3))

@@ -15,35 +15,25 @@ from samadapt3d.engines.slab import class_probabilities, labels_from_probabiliti
 from samadapt3d.errors import CheckpointError
 from samadapt3d.families import samed
 from samadapt3d.models import load_model
-from samadapt3d.sam import build_sam
 from samadapt3d.sam.build_sam import SAM_SIZES
 
 SIZE = "vit_tiny"  # SAM native 128 -> SAMed input 64
 
 
-def _randomise(module, scale=0.05):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn_like(p))
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_sam_base, randomise):
     """A SAM base file (tiny, native 128 grid) and a SAMed checkpoint in the published layout."""
     torch.manual_seed(1)
     tmp = tmp_path_factory.mktemp("samed")
-    base = build_sam(SIZE)
-    _randomise(base)
-    base_path = tmp / "sam_tiny.pth"
-    torch.save(base.state_dict(), base_path)
+    base_path, base_state = tiny_sam_base
     model = samed.SAMedModel(SIZE, rank=4)
-    _randomise(model)
+    randomise(model)
     published = samed.to_published(model)
     assert sorted(k for k in published if k.startswith("w_"))[:3] == ["w_a_000", "w_a_001", "w_a_002"]
     assert len([k for k in published if k.startswith("w_a_")]) == 2 * SAM_SIZES[SIZE].depth
     lora_path = tmp / "epoch_159.pth"
     torch.save(published, lora_path)
-    return base_path, lora_path, base.state_dict(), published
+    return base_path, lora_path, base_state, published
 
 
 def _reference(segment_anything, base_state, published, image_size):

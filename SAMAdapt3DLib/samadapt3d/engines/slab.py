@@ -166,7 +166,8 @@ class SlabEngine:
         self._image: np.ndarray | None = None
         self._probs: np.ndarray | None = None
 
-    def set_image(self, image: np.ndarray) -> None:
+    def set_image(self, image: np.ndarray, spacing=None) -> None:
+        # spacing is unused: slab models slice along the model's D axis, fixed by their preset
         self._image = _check_volume(image)
         self._probs = None
 
