@@ -55,7 +55,8 @@ class SAMAdapt3D(ScriptedLoadableModule):
             "Interactive 3D segmentation with prompted Segment Anything models (LiteMedSAM embedded, "
             "3DSAM-adapter checkpoints). Place positive (green) and negative (red) points or a 3D box; the selected "
             "segment updates after every change, respecting the Segment Editor's masking and overwrite settings. "
-            "Undo / redo step through prompt changes. See docs/SLICER.md in the repository."
+            "Undo / redo step through prompt changes. Multi-class models (SAMed, MA-SAM) take no clicks: 'Segment all "
+            "classes' writes one segment per class, named after it. See docs/SLICER.md in the repository."
         )
         self.parent.acknowledgementText = (
             "Builds on Segment Anything (Meta AI), MedSAM / LiteMedSAM (Ma et al.) and 3DSAM-adapter (Gong et al.)."
@@ -77,6 +78,7 @@ if parameterNodeWrapper is not None:
         box: slicer.vtkMRMLMarkupsROINode
         model: str = "litemedsam"
         device: str = "auto"
+        samCheckpoint: str = ""  # SAM base file for adapter-only checkpoints (SAMed, MA-SAM, Med-SA)
         autoUpdate: bool = True
 
 else:  # pragma: no cover - very old Slicer
@@ -130,11 +132,13 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.undoButton.connect("clicked()", lambda: self.requestRun("undo"))
         self.ui.redoButton.connect("clicked()", lambda: self.requestRun("redo"))
         self.ui.runButton.connect("clicked()", lambda: self.requestRun("sync", force=True))
+        self.ui.classesButton.connect("clicked()", self.onSegmentClasses)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
         self.ui.autoUpdateCheckBox.connect("toggled(bool)", self.onAutoUpdateToggled)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.addModelButton.connect("clicked()", self.onAddModelFile)
+        self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onSamCheckpointChanged)
         self.ui.dependenciesButton.connect("clicked()", lambda: self.ensureDependencies(force_report=True))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -194,6 +198,8 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
+        if not p.samCheckpoint:
+            p.samCheckpoint = self.logic.rememberedSamCheckpoint()
         if not p.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
@@ -226,11 +232,14 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
             self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(p.device)))
+            if self.ui.samCheckpointPathLineEdit.currentPath != p.samCheckpoint:
+                self.ui.samCheckpointPathLineEdit.currentPath = p.samCheckpoint
             self.ui.autoUpdateCheckBox.checked = p.autoUpdate
             ready = bool(p.inputVolume and p.segmentation and p.segmentID)
             for button in (self.ui.positiveButton, self.ui.negativeButton, self.ui.boxButton, self.ui.runButton):
                 button.enabled = ready
             self.ui.newSegmentButton.enabled = bool(p.segmentation)
+            self.ui.classesButton.enabled = bool(p.inputVolume and p.segmentation)
             self.ui.undoButton.enabled = self.logic.canUndo()
             self.ui.redoButton.enabled = self.logic.canRedo()
             self.updateCpuWarning()
@@ -291,6 +300,12 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.model = self.ui.modelComboBox.currentData or "litemedsam"
             self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
         self.updateCpuWarning()
+
+    def onSamCheckpointChanged(self, path):
+        if self._updatingGUI or self._parameterNode is None:
+            return
+        self._parameterNode.samCheckpoint = path or ""
+        self.logic.rememberSamCheckpoint(path)
 
     def updateCpuWarning(self):
         p = self._parameterNode
@@ -395,6 +410,17 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.cancelButton.enabled = True
             self.ui.progressBar.visible = True
 
+    def onSegmentClasses(self):
+        p = self._parameterNode
+        if p is None or not (p.inputVolume and p.segmentation):
+            self.ui.statusLabel.text = "Select an input volume and a segmentation first."
+            return
+        if not self.ensureDependencies():
+            return
+        if self.logic.run(p, action="classes"):
+            self.ui.cancelButton.enabled = True
+            self.ui.progressBar.visible = True
+
     def onCancel(self):
         self.logic.cancel()
         self.ui.statusLabel.text = "Cancelling…"
@@ -451,6 +477,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     """Orchestrates dependencies, model loading, the worker thread and scene writes. Reads no widgets."""
 
     SETTINGS_MODEL_FILES = "SAMAdapt3D/ModelFiles"
+    SETTINGS_SAM_CHECKPOINT = "SAMAdapt3D/SamCheckpoint"
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -461,6 +488,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         self._thread = None
         self._events = queue.Queue()
         self._pending = None
+        self._lastClassWrite = None  # (ClassWrite, volume node, segmentation node): undone by the next undo
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(50)
         self._pollTimer.connect("timeout()", self._poll)
@@ -543,6 +571,13 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             value = [value]
         return [path for path in value if os.path.exists(path)]
 
+    def rememberedSamCheckpoint(self):
+        path = qt.QSettings().value(self.SETTINGS_SAM_CHECKPOINT) or ""
+        return path if path and os.path.isfile(path) else ""
+
+    def rememberSamCheckpoint(self, path):
+        qt.QSettings().setValue(self.SETTINGS_SAM_CHECKPOINT, path or "")
+
     def rememberModelFile(self, path):
         files = [f for f in self.rememberedModelFiles() if f != path] + [path]
         qt.QSettings().setValue(self.SETTINGS_MODEL_FILES, files)
@@ -572,6 +607,11 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
                     "'auto' or 'cuda') for interactive speed.")
         return ""
 
+    @staticmethod
+    def modelKey(p):
+        """(model name or file, device, SAM base file or None): what Segmenter.load_model takes."""
+        return (p.model, p.device, p.samCheckpoint or None)
+
     def segmenter(self):
         if self._segmenter is None:
             import SAMAdapt3DCore as core
@@ -584,6 +624,8 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             self._segmenter.set_model(self._segmenter.model, self._segmenter.model_key)
 
     def canUndo(self):
+        if self._lastClassWrite is not None:
+            return True
         s = self._segmenter
         return bool(s is not None and s.session is not None and s.session.can_undo)
 
@@ -708,15 +750,23 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             return False
         import SAMAdapt3DSceneBridge as bridge
 
+        if action == "undo" and self._lastClassWrite is not None:
+            self.undoClasses()
+            return False
         segmenter = self.segmenter()
         volume = bridge.volume_from_node(p.inputVolume)
+        if action == "classes":
+            job = dict(p=p, action=action, volume=volume, modelKey=self.modelKey(p), editorNode=None)
+            self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
+            self._thread.start()
+            self._pollTimer.start()
+            return True
         viewAxis = bridge.view_axis_from_slice_node(viewSliceNode, volume) if viewSliceNode is not None else None
         request = None
         if segmenter.session is not None:
             request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
                                              p.negativePoints, p.box, view_axis=viewAxis, action=action)
-        modelKey = (p.model, p.device)
-        job = dict(p=p, action=action, request=request, modelKey=modelKey, viewAxis=viewAxis,
+        job = dict(p=p, action=action, request=request, modelKey=self.modelKey(p), viewAxis=viewAxis,
                    editorNode=segmentEditorNode or self.segmentEditorNode())
         self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
         self._thread.start()
@@ -727,10 +777,15 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         """Worker thread: no scene access, no Qt. Results go through the queue."""
         try:
             segmenter = self.segmenter()
-            model, device = job["modelKey"]
-            if segmenter.model is None or segmenter.model_key != (model, device, None):
-                segmenter.load_model(model, device=device)
-                self._events.put(("need_request", job))  # the request must be read on the main thread
+            model, device, samCheckpoint = job["modelKey"]
+            if segmenter.model is None or segmenter.model_key != job["modelKey"]:
+                segmenter.load_model(model, device=device, sam_checkpoint=samCheckpoint)
+                if job["action"] != "classes":
+                    self._events.put(("need_request", job))  # the request must be read on the main thread
+                    return
+            if job["action"] == "classes":
+                labels, names = segmenter.compute_classes(job["volume"])
+                self._events.put(("classes", job, labels, names))
                 return
             mask = segmenter.compute(job["request"])
             self._events.put(("done", job, mask))
@@ -767,6 +822,9 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             elif kind == "done":
                 self._thread = None
                 self._apply(event[1], event[2])
+            elif kind == "classes":
+                self._thread = None
+                self._applyClasses(event[1], event[2], event[3])
             elif kind == "error":
                 self._thread = None
                 self._finish(*self.describeError(event[2], event[3]))
@@ -785,6 +843,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             self._finish("unchanged", "; ".join(notes) or "Up to date.")
             return
         self.saveSegmentEditorUndoState(p.segmentation)
+        self._lastClassWrite = None  # prompt edits take over the undo button
         result = core.write_result(mask, p.inputVolume, p.segmentation, p.segmentID, job["editorNode"])
         if job["action"] in ("undo", "redo"):
             self.restorePromptNodes(p)
@@ -794,6 +853,25 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         if result.overwritten:
             text += f"; removed from {len(result.overwritten)} other segment(s) (overwrite setting)"
         self._finish("ok", "; ".join([text] + notes))
+
+    def _applyClasses(self, job, labels, names):
+        """Main thread: one segment per class, remembered for one undo."""
+        import SAMAdapt3DCore as core
+
+        p = job["p"]
+        self.saveSegmentEditorUndoState(p.segmentation)
+        write = core.write_classes(labels, names, p.inputVolume, p.segmentation)
+        self._lastClassWrite = (write, p.inputVolume, p.segmentation)
+        self._finish("ok", write.summary())
+        return write
+
+    def undoClasses(self):
+        import SAMAdapt3DCore as core
+
+        write, volumeNode, segmentationNode = self._lastClassWrite
+        self._lastClassWrite = None
+        core.undo_classes(write, volumeNode, segmentationNode)
+        self._finish("ok", "Class segments restored to what they were before 'Segment all classes'.")
 
     def _finish(self, status, message):
         if self.finishedCallback:
@@ -829,8 +907,8 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         import SAMAdapt3DCore as core
 
         segmenter = self.segmenter()
-        if segmenter.model is None or segmenter.model_key != (p.model, p.device, None):
-            segmenter.load_model(p.model, device=p.device)
+        if segmenter.model is None or segmenter.model_key != self.modelKey(p):
+            segmenter.load_model(*self.modelKey(p))
         request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
                                          p.negativePoints, p.box, view_axis=viewAxis, action=action)
         mask = segmenter.compute(request)
@@ -838,6 +916,17 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             return None
         return core.write_result(mask, p.inputVolume, p.segmentation, p.segmentID,
                                  segmentEditorNode or self.segmentEditorNode())
+
+    def segmentClassesNow(self, p):
+        """Multi-class models: load if needed, segment every class in this thread, write one segment per class.
+        Returns the ClassWrite (see SAMAdapt3DCore)."""
+        import SAMAdapt3DSceneBridge as bridge
+
+        segmenter = self.segmenter()
+        if segmenter.model is None or segmenter.model_key != self.modelKey(p):
+            segmenter.load_model(*self.modelKey(p))
+        labels, names = segmenter.compute_classes(bridge.volume_from_node(p.inputVolume))
+        return self._applyClasses(dict(p=p), labels, names)
 
 
 #
@@ -854,6 +943,8 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         self.test_SceneBridge()
         self.setUp()
         self.test_EmbeddedModelOnCTChest()
+        self.setUp()
+        self.test_MultiClassModelWritesOneSegmentPerClass()
 
     def test_SceneBridge(self):
         """Volume geometry and a RAS click through the bridge agree with Slicer's IJKToRAS."""
@@ -948,3 +1039,40 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(logic.segmentNow(p, action="undo", segmentEditorNode=editorNode))
         self.assertEqual(int(bridge.segment_mask(segmentationNode, segmentID, volumeNode).sum()), 0)
         self.delayDisplay("Test passed")
+
+    def test_MultiClassModelWritesOneSegmentPerClass(self):
+        """A (randomly initialised, tiny) SAMed: 'Segment all classes' adds one segment per class present, named
+        after the class; an existing segment of a class's name is reused; undo puts everything back."""
+        import numpy as np
+        import torch
+        import SAMAdapt3DSceneBridge as bridge
+        from samadapt3d.families.samed import SAMedModel
+
+        logic = SAMAdapt3DLogic()
+        torch.manual_seed(5)
+        model = SAMedModel("vit_tiny", rank=4)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.3 * torch.randn_like(parameter))
+        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        rng = np.random.default_rng(0)
+        slicer.util.updateVolumeFromArray(
+            volumeNode, (rng.normal(0, 120, (3, 40, 36)) + np.linspace(-200, 300, 36)).astype(np.int16))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        liverID = bridge.add_segment(segmentationNode, "liver")
+        p = logic.getParameterNode()
+        p.inputVolume = volumeNode
+        p.segmentation = segmentationNode
+        p.model = "tiny-samed"
+        p.device = "cpu"
+        logic.segmenter().set_model(model.eval(), logic.modelKey(p))
+        write = logic.segmentClassesNow(p)
+        names = [name for name, (_, voxels, _) in write.written.items() if voxels]
+        self.assertGreaterEqual(len(names), 2)
+        for name in names:
+            self.assertIsNotNone(bridge.segment_id_by_name(segmentationNode, name))
+        self.assertEqual(bridge.segment_id_by_name(segmentationNode, "liver"), liverID)
+        self.assertTrue(logic.canUndo())
+        logic.run(p, action="undo")
+        self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)

@@ -42,6 +42,10 @@ def volume_key(volume_node) -> tuple:
             tuple(np.round(bridge.ijk_to_world_ras_matrix(volume_node).reshape(-1), 6)))
 
 
+def is_multi_class(model) -> bool:
+    return bool(getattr(model, "class_names", None))
+
+
 def is_heavy(model) -> bool:
     family = str(getattr(model, "family", "")).lower()
     return any(name in family for name in HEAVY_FAMILIES)
@@ -58,6 +62,7 @@ class Segmenter:
         self.volume_key = None
         self.target = None  # (segmentation node ID, segment ID) the session is working on
         self.lock = threading.Lock()
+        self._cancel_event = threading.Event()  # for multi-class runs (sessions have their own)
 
     # ---- model (worker thread) ----------------------------------------------------------------------------
     def load_model(self, name_or_path: str, device: str = "auto", sam_checkpoint: str | None = None):
@@ -73,19 +78,22 @@ class Segmenter:
         return model
 
     def set_model(self, model, key=None) -> None:
-        """Use an already built model (a new session: prompts and undo history start afresh)."""
+        """Use an already built model (a new session: prompts and undo history start afresh). A multi-class model
+        (SAMed, MA-SAM) has no session: it segments every class at once (`compute_classes`)."""
         from samadapt3d.session import InteractiveSession
 
         with self.lock:
             self.model, self.model_key = model, key
-            self.session = InteractiveSession(model, progress=self.progress)
+            self.session = None if is_multi_class(model) else InteractiveSession(model, progress=self.progress)
             self.volume_key = None
             self.target = None
+            self._cancel_event = threading.Event()
 
     def cancel(self) -> None:
         session = self.session
         if session is not None:
             session.cancel()
+        self._cancel_event.set()
 
     # ---- scene -> request (main thread) -------------------------------------------------------------------
     def make_request(self, volume_node, segmentation_node, segment_id, positive_node=None, negative_node=None,
@@ -108,6 +116,12 @@ class Segmenter:
     def compute(self, request: Request) -> np.ndarray | None:
         """Run the session; returns the new mask, or None when nothing changed. Raises samadapt3d errors."""
         if self.session is None:
+            if self.model is not None and is_multi_class(self.model):
+                from samadapt3d.errors import SAMAdapt3DError
+
+                raise SAMAdapt3DError(
+                    f"the {self.model.family} model segments fixed classes ({', '.join(self.model.class_names)}) "
+                    "without clicks: use 'Segment all classes'")
             raise RuntimeError("no model loaded")
         with self.lock:
             session = self.session
@@ -165,6 +179,15 @@ class Segmenter:
         box = (box_wanted[0][1], box_wanted[0][2]) if box_wanted else None
         return session.segment(positive, negative, box, space="ijk", seed=session.seed_mask)
 
+    def compute_classes(self, volume):
+        """Worker thread: a multi-class model's label map [k, j, i] on the volume's grid and its class names."""
+        from samadapt3d.automatic import segment_all_classes
+
+        if self.model is None:
+            raise RuntimeError("no model loaded")
+        self._cancel_event = threading.Event()
+        return segment_all_classes(self.model, volume, progress=self.progress, cancel=self._cancel_event)
+
     # ---- mask -> scene (main thread) ----------------------------------------------------------------------
     def session_prompts_ras(self):
         """The session's prompts as world RAS, to rewrite the markups after undo / redo:
@@ -211,3 +234,35 @@ def write_result(mask, volume_node, segmentation_node, segment_id, editor_settin
     elif editor_settings:
         settings.update(editor_settings)
     return bridge.write_segment_mask(segmentation_node, segment_id, mask, volume_node, **settings)
+
+
+@dataclass
+class ClassWrite:
+    """What `write_classes` did, enough to undo it."""
+    written: dict  # class name -> (segment id, voxels, created)
+    snapshot: dict  # segment id -> mask before the write (segments that existed)
+
+    @property
+    def created(self) -> list:
+        return [sid for sid, _, created in self.written.values() if created]
+
+    def summary(self) -> str:
+        found = [f"{name} ({voxels})" for name, (_, voxels, _) in self.written.items() if voxels]
+        empty = [name for name, (_, voxels, _) in self.written.items() if not voxels]
+        text = f"{len(found)} class segment(s): " + ", ".join(found) if found else "No class found in this volume."
+        return text + (f"; emptied: {', '.join(empty)}" if empty else "")
+
+
+def write_classes(labels, names, volume_node, segmentation_node) -> ClassWrite:
+    """One segment per class name (created or replaced by name), remembering the old voxels for `undo_classes`."""
+    from samadapt3d.automatic import class_colour
+
+    existing = [sid for sid in (bridge.segment_id_by_name(segmentation_node, n) for n in names) if sid]
+    snapshot = bridge.snapshot_segments(segmentation_node, volume_node, existing)
+    colors = [class_colour(n) for n in range(len(names))]
+    written = bridge.write_class_segments(segmentation_node, volume_node, labels, names, colors)
+    return ClassWrite(written, snapshot)
+
+
+def undo_classes(write: ClassWrite, volume_node, segmentation_node) -> None:
+    bridge.restore_segments(segmentation_node, volume_node, write.snapshot, write.created)

@@ -432,3 +432,57 @@ def _set_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_no
     )
     if not ok:
         raise InputError(f"cannot write segment {segment_id!r} of '{segmentation_node.GetName()}'")
+
+
+# ---- multi-class models: one segment per class -----------------------------------------------------------------
+def segment_id_by_name(segmentation_node, name: str) -> str | None:
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    return segment_id or None
+
+
+def snapshot_segments(segmentation_node, volume_node, segment_ids) -> dict:
+    """{segment id: bool mask [k, j, i]} of existing segments, to restore them later."""
+    return {sid: segment_mask(segmentation_node, sid, volume_node) for sid in segment_ids}
+
+
+def write_class_segments(segmentation_node, volume_node, labels: np.ndarray, names, colors=None) -> dict:
+    """A label map [k, j, i] (0 = background, n = names[n - 1]) as one segment per class, matched by name: an
+    existing segment of that name gets the class's voxels (replacing its own), a missing one is created unless the
+    class is empty. Other segments are untouched (they may overlap). Returns {name: (segment id, voxels, created)}."""
+    volume_dims = volume_node.GetImageData().GetDimensions()
+    labels = np.asarray(labels)
+    if labels.shape != (volume_dims[2], volume_dims[1], volume_dims[0]):
+        raise InputError(f"label map shape {labels.shape} does not match the volume's {volume_dims[::-1]} [k, j, i]")
+    if labels.max(initial=0) > len(names) or labels.min(initial=0) < 0:
+        raise InputError(f"label values run from {labels.min()} to {labels.max()} but there are {len(names)} class names")
+    ensure_reference_geometry(segmentation_node, volume_node)
+    written = {}
+    was_modifying = segmentation_node.StartModify()
+    try:
+        for n, name in enumerate(names):
+            mask = labels == n + 1
+            segment_id = segment_id_by_name(segmentation_node, name)
+            created = segment_id is None
+            if created and not mask.any():
+                continue
+            if created:
+                segment_id = add_segment(segmentation_node, name, None if colors is None else colors[n])
+            _set_segment(segmentation_node, segment_id, mask, volume_node)
+            written[name] = (segment_id, int(mask.sum()), created)
+    finally:
+        segmentation_node.EndModify(was_modifying)
+    return written
+
+
+def restore_segments(segmentation_node, volume_node, snapshot: dict, created_ids=()) -> None:
+    """Undo `write_class_segments`: put back the snapshot's masks and remove the segments it created."""
+    was_modifying = segmentation_node.StartModify()
+    try:
+        for sid in created_ids:
+            if segmentation_node.GetSegmentation().GetSegment(sid) is not None:
+                segmentation_node.GetSegmentation().RemoveSegment(sid)
+        for sid, mask in snapshot.items():
+            if segmentation_node.GetSegmentation().GetSegment(sid) is not None:
+                _set_segment(segmentation_node, sid, mask, volume_node)
+    finally:
+        segmentation_node.EndModify(was_modifying)

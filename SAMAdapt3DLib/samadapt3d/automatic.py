@@ -21,6 +21,11 @@ _COLOURS = ((0.85, 0.35, 0.25), (0.35, 0.7, 0.35), (0.3, 0.45, 0.85), (0.9, 0.8,
             (0.7, 0.4, 0.8), (0.3, 0.8, 0.8), (0.95, 0.6, 0.2), (0.6, 0.6, 0.6))
 
 
+def class_colour(index: int) -> tuple[float, float, float]:
+    """The display colour (RGB in [0, 1]) of the class with label index + 1, as written to .seg.nrrd."""
+    return _COLOURS[index % len(_COLOURS)]
+
+
 def segment_all_classes(
     model,
     volume: Volume,
@@ -59,7 +64,7 @@ def save_label_map(volume: Volume, labels: np.ndarray, names: tuple[str, ...], p
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
     for n, name in enumerate(names):
-        colour = _COLOURS[n % len(_COLOURS)]
+        colour = class_colour(n)
         fields = {
             "ID": f"Segment_{n + 1}", "Name": name, "LabelValue": str(n + 1), "Layer": "0",
             "Color": " ".join(f"{c:.3f}" for c in colour),

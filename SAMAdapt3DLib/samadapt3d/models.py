@@ -54,6 +54,17 @@ def families() -> list[FamilySpec]:
     return specs
 
 
+#: the official segment-anything file names; one of them next to an adapter checkpoint is its SAM base
+OFFICIAL_SAM_FILES = ("sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth")
+
+
+def find_sam_base(model_path: str | os.PathLike) -> Path | None:
+    """The SAM base file next to a model file, when exactly one official SAM file lies there."""
+    folder = Path(model_path).expanduser().parent
+    found = [folder / name for name in OFFICIAL_SAM_FILES if (folder / name).is_file()]
+    return found[0] if len(found) == 1 else None
+
+
 def builtin_model_names() -> list[str]:
     return sorted(name for spec in families() for name in spec.builtin_names)
 
@@ -63,7 +74,10 @@ def load_model(
     sam_checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
 ) -> SegmentationModel:
-    """Load a model by built-in name (e.g. "litemedsam") or from a weight file of any supported family."""
+    """Load a model by built-in name (e.g. "litemedsam") or from a weight file of any supported family.
+
+    Adapter files that hold only their own tensors (SAMed, MA-SAM, Med-SA, our safetensors) need the SAM base file
+    they were trained on: `sam_checkpoint`, or else the one official SAM file lying next to the model file."""
     target = resolve_device(device)
     name = DEFAULT_MODEL if path_or_name is None else str(path_or_name)
     specs = families()
@@ -79,6 +93,8 @@ def load_model(
         obj: dict[str, Any] = {"__safetensors_metadata__": read_safetensors_metadata(path), "__path__": str(path)}
     else:
         obj = load_weights(path)
+    if sam_checkpoint is None:
+        sam_checkpoint = find_sam_base(path)
     for spec in specs:
         if spec.detect(obj):
             model = spec.load(obj, path=path, sam_checkpoint=sam_checkpoint)

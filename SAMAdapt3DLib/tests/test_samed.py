@@ -4,6 +4,7 @@ Reference = segment-anything's own modules with the LoRA merged into the qkv wei
 (W_qkv + [B_q A_q; 0; B_v A_v]), SAM's tables resized to the 1/2-size grid, no prompts, all mask
 tokens, bilinear upsampling, softmax.
 """
+import shutil
 from functools import partial
 
 import numpy as np
@@ -128,6 +129,21 @@ def test_refuses_without_sam_base(files):
     _, lora_path, _, _ = files
     with pytest.raises(CheckpointError, match="sam_checkpoint"):
         load_model(lora_path)
+
+
+def test_finds_the_official_sam_file_next_to_the_checkpoint(files, tmp_path):
+    """Users keep sam_vit_b_01ec64.pth beside the adapter file: no sam_checkpoint needed then; two SAM files there
+    are ambiguous and are not guessed between."""
+    base_path, lora_path, _, _ = files
+    shutil.copy(lora_path, tmp_path / "samed_lora.pth")
+    shutil.copy(base_path, tmp_path / "sam_vit_b_01ec64.pth")
+    found = load_model(tmp_path / "samed_lora.pth")
+    expected = load_model(lora_path, sam_checkpoint=base_path)
+    for (name, a), (_, b) in zip(found.state_dict().items(), expected.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    shutil.copy(base_path, tmp_path / "sam_vit_h_4b8939.pth")
+    with pytest.raises(CheckpointError, match="sam_checkpoint"):
+        load_model(tmp_path / "samed_lora.pth")
 
 
 def test_refuses_missing_and_mis_shaped_keys(files, tmp_path):
