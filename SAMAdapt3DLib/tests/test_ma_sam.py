@@ -196,3 +196,22 @@ def test_refuses_bad_files(files, tmp_path):
     broken["image_encoder.ImageEncoderViT.blocks.1.Block.adapter_wrong.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="adapter_wrong"):
         ma_sam.load(broken, sam_checkpoint=base_path)
+
+
+def test_orientation_preset_reproduces_published_slice_layout():
+    """MA-SAM's BTCV preprocessing takes nibabel's array [i, j, k] slice by slice and stores
+    flip(rot90(slice, 1, axes=(0, 1)), axis=1). For a volume stored like the BTCV files (i toward L,
+    j toward P, k toward S, i.e. LPS) our preset's model space must hold exactly those slices."""
+    from samadapt3d.preprocess import ModelSpace, Preset
+    from samadapt3d.volume import Volume
+
+    rng = np.random.default_rng(0)
+    array_kji = rng.normal(size=(3, 5, 7)).astype(np.float32)  # samadapt3d layout [k, j, i]
+    volume = Volume(array_kji, spacing=(0.7, 0.7, 3.0))  # identity direction: LPS-stored
+    preset = Preset(name="orientation-only", spacing=None, orientation=ma_sam.PRESET.orientation,
+                    clip=None, normalization="none")
+    model_space = ModelSpace(volume, preset).image  # [D, H, W]
+    nib_array = array_kji.transpose(2, 1, 0)  # nibabel's [i, j, k]
+    published = np.stack([np.flip(np.rot90(nib_array[:, :, z], k=1, axes=(0, 1)), axis=1)
+                          for z in range(nib_array.shape[2])])
+    np.testing.assert_array_equal(model_space, published)
