@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .volume import Volume
+from .volume import Volume, read_sitk_image
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,7 @@ def read_labels(path: str | os.PathLike) -> LabelFile:
     import SimpleITK as sitk
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"label file not found: {path}")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        raise InputError(f"cannot read {path} as a label image: {lines[-1] if lines else exc}") from exc
+    image = read_sitk_image(path, "label image")
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):

@@ -147,16 +147,8 @@ class Volume:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Volume":
         """Read NIfTI, NRRD, MHA, ... through SimpleITK; errors name the file and the problem."""
-        import SimpleITK as sitk
-
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"image file not found: {path}")
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            raise InputError(f"cannot read {path} as an image: {first[-1] if first else exc}") from exc
+        image = read_sitk_image(path, "image")
         try:
             return cls.from_sitk(image)
         except InputError as exc:
@@ -165,6 +157,21 @@ class Volume:
     def save(self, path: str | os.PathLike, array: np.ndarray | None = None) -> None:
         """Write this geometry with `array` (default: own voxels); atomic: no half-written file."""
         write_image_atomic(self.to_sitk(array), path)
+
+
+def read_sitk_image(path: str | os.PathLike, what: str = "image"):
+    """SimpleITK's image from a file; a missing or unreadable file is an InputError naming it."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file not found: {path}")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        raise InputError(f"cannot read {path} as {'an' if what[0] in 'aeiou' else 'a'} {what}: "
+                         f"{lines[-1] if lines else exc}") from exc
 
 
 def write_image_atomic(image, path: str | os.PathLike) -> None:
