@@ -4,7 +4,6 @@ Reference = segment-anything's encoder blocks with FacT merged into W_qkv (W + [
 the two 3D adapters written out (LayerNorm, matmuls, F.conv3d over the slice axis, GELU), and a
 x16 decoder built from segment-anything's MaskDecoder with MA-SAM's upscaling.
 """
-from functools import partial
 
 import numpy as np
 import pytest
@@ -41,24 +40,11 @@ def files(tmp_path_factory, tiny_sam_base, randomise):
     return base_path, path, base_state, published
 
 
-def _reference(segment_anything, base_state, pub):
-    _, modeling = segment_anything
+def _reference(sam_reference, base_state, pub):
+    modeling = sam_reference.modeling
     s = SAM_SIZES[SIZE]
-    grid = S // s.patch_size
-    enc = modeling.ImageEncoderViT(
-        depth=s.depth, embed_dim=s.embed_dim, img_size=S, mlp_ratio=4,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=s.num_heads, patch_size=s.patch_size,
-        qkv_bias=True, use_rel_pos=True, global_attn_indexes=s.global_attn_indexes,
-        window_size=s.window_size, out_chans=s.prompt_embed_dim,
-    )
-    st = {k[len("image_encoder."):]: v.clone() for k, v in base_state.items() if k.startswith("image_encoder.")}
-    st["pos_embed"] = F.interpolate(st["pos_embed"].permute(0, 3, 1, 2), (grid, grid), mode="bilinear",
-                                    align_corners=False).permute(0, 2, 3, 1)
-    for i in s.global_attn_indexes:
-        for n in ("rel_pos_h", "rel_pos_w"):
-            t = st[f"blocks.{i}.attn.{n}"]
-            st[f"blocks.{i}.attn.{n}"] = F.interpolate(t[None, None], (2 * grid - 1, t.shape[1]), mode="bilinear",
-                                                       align_corners=False)[0, 0]
+    enc = sam_reference.encoder(SIZE, S)
+    st = sam_reference.resized_encoder_state(base_state, SIZE, S)
     u, v = pub["image_encoder.FacTu.weight"], pub["image_encoder.FacTv.weight"]
     d = s.embed_dim
     for i in range(s.depth):
@@ -98,14 +84,7 @@ def _reference(segment_anything, base_state, pub):
             x = x + blk.mlp(blk.norm2(x))
         return enc.neck(x.permute(0, 3, 1, 2))
 
-    prompt = modeling.PromptEncoder(embed_dim=s.prompt_embed_dim, image_embedding_size=(grid, grid),
-                                    input_image_size=(S, S), mask_in_chans=16)
-    decoder = modeling.MaskDecoder(
-        num_multimask_outputs=NUM_CLASSES,
-        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=s.prompt_embed_dim,
-                                               mlp_dim=s.decoder_mlp_dim, num_heads=s.decoder_heads),
-        transformer_dim=s.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=s.prompt_embed_dim,
-    )
+    prompt, decoder = sam_reference.prompt_and_decoder(SIZE, S, NUM_CLASSES)
     c = s.prompt_embed_dim
     LN = modeling.common.LayerNorm2d
     decoder.output_upscaling = nn.Sequential(
@@ -133,13 +112,13 @@ def _reference(segment_anything, base_state, pub):
     return run
 
 
-def test_same_output_as_published_algorithm(files, segment_anything):
+def test_same_output_as_published_algorithm(files, sam_reference):
     base_path, path, base_state, pub = files
     model = load_model(path, sam_checkpoint=base_path)
     assert isinstance(model, ma_sam.MASAMModel)
     assert (model.rank, model.adapter_channels, model.image_size, model.slab_size) == (RANK, CHANNELS, S, 5)
     assert model.class_names == ("class 1", "class 2", "class 3")
-    reference = _reference(segment_anything, base_state, pub)
+    reference = _reference(sam_reference, base_state, pub)
     stack = np.random.rand(5, S, S).astype(np.float32) * 300 - 100
     norm = (stack - stack.min()) / (stack.max() - stack.min())
     ours = model.predict_slab(stack)

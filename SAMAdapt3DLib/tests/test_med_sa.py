@@ -5,13 +5,11 @@ depth branch gathered token by token: in every block, each group of `d` consecut
 (after the window partition, as published) forms, per token position, a d-long sequence folded
 into Med-SA's dh x dw grid and run through the same attention.
 """
-from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from samadapt3d.engines.base import ModelPrompts
 from samadapt3d.engines.slab import SlabEngine, segment_volume_prompted
@@ -43,15 +41,10 @@ def files(tmp_path_factory, randomise):
     return path, old, state
 
 
-def _reference(segment_anything, state, slices):
-    _, modeling = segment_anything
+def _reference(sam_reference, state, slices):
+    modeling = sam_reference.modeling
     s = SAM_SIZES[SIZE]
-    enc = modeling.ImageEncoderViT(
-        depth=s.depth, embed_dim=s.embed_dim, img_size=S, mlp_ratio=4,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), num_heads=s.num_heads, patch_size=s.patch_size,
-        qkv_bias=True, use_rel_pos=True, global_attn_indexes=s.global_attn_indexes,
-        window_size=s.window_size, out_chans=s.prompt_embed_dim,
-    )
+    enc = sam_reference.encoder(SIZE, S)
     enc_state = {k[14:]: v for k, v in state.items() if k.startswith("image_encoder.") and "_Adapter" not in k}
     pos = enc_state.pop("pos_embed")
     enc.load_state_dict({**enc_state, "pos_embed": enc.pos_embed}, strict=True)
@@ -89,16 +82,7 @@ def _reference(segment_anything, state, slices):
             x = x + blk.mlp(xn) + 0.5 * adapter(xn, i, "MLP")
         return enc.neck(x.permute(0, 3, 1, 2))
 
-    prompt = modeling.PromptEncoder(embed_dim=s.prompt_embed_dim, image_embedding_size=(grid, grid),
-                                    input_image_size=(S, S), mask_in_chans=16)
-    decoder = modeling.MaskDecoder(
-        num_multimask_outputs=1,
-        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=s.prompt_embed_dim,
-                                               mlp_dim=s.decoder_mlp_dim, num_heads=s.decoder_heads),
-        transformer_dim=s.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=s.prompt_embed_dim,
-    )
-    prompt.load_state_dict({k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")})
-    decoder.load_state_dict({k[13:]: v for k, v in state.items() if k.startswith("mask_decoder.")})
+    prompt, decoder = sam_reference.prompt_and_decoder(SIZE, S, 1, state)
 
     def run(stack, coords, labels):  # stack [d, S, S]; coords [d, N, 2] in SAM (x, y)
         x = torch.as_tensor(stack)[:, None].repeat(1, 3, 1, 1)  # no pixel mean/std
@@ -116,7 +100,7 @@ def _reference(segment_anything, state, slices):
 
 
 @pytest.mark.parametrize("slices", [2, 4])
-def test_same_output_as_published_algorithm(files, segment_anything, slices):
+def test_same_output_as_published_algorithm(files, sam_reference, slices):
     path, _, state = files
     model = load_model(path)
     assert isinstance(model, med_sa.MedSAModel) and model.image_size == S
@@ -124,7 +108,7 @@ def test_same_output_as_published_algorithm(files, segment_anything, slices):
     rows_cols = np.tile(np.array([[[10.0, 20.0]]], dtype=np.float32), (slices, 1, 1))
     labels = np.ones((slices, 1), dtype=np.int64)
     ours = model.predict_stack(stack, rows_cols, labels)
-    expected = _reference(segment_anything, state, slices)(
+    expected = _reference(sam_reference, state, slices)(
         torch.from_numpy(stack), torch.from_numpy(rows_cols), torch.from_numpy(labels))
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-3)
     # The depth branch mixes slices (through the global blocks).

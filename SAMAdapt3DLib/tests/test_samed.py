@@ -5,7 +5,6 @@ Reference = segment-anything's own modules with the LoRA merged into the qkv wei
 tokens, bilinear upsampling, softmax.
 """
 import shutil
-from functools import partial
 
 import numpy as np
 import pytest
@@ -37,25 +36,11 @@ def files(tmp_path_factory, tiny_sam_base, randomise):
     return base_path, lora_path, base_state, published
 
 
-def _reference(segment_anything, base_state, published, image_size):
+def _reference(sam_reference, base_state, published, image_size):
     """segment-anything modules, LoRA merged into W_qkv, SAMed's load_from resizing."""
-    _, modeling = segment_anything
     s = SAM_SIZES[SIZE]
-    grid = image_size // s.patch_size
-    encoder = modeling.ImageEncoderViT(
-        depth=s.depth, embed_dim=s.embed_dim, img_size=image_size, mlp_ratio=4,
-        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=s.num_heads, patch_size=s.patch_size,
-        qkv_bias=True, use_rel_pos=True, global_attn_indexes=s.global_attn_indexes,
-        window_size=s.window_size, out_chans=s.prompt_embed_dim,
-    )
-    enc = {k[len("image_encoder."):]: v.clone() for k, v in base_state.items() if k.startswith("image_encoder.")}
-    enc["pos_embed"] = F.interpolate(enc["pos_embed"].permute(0, 3, 1, 2), (grid, grid), mode="bilinear",
-                                     align_corners=False).permute(0, 2, 3, 1)
-    for i in s.global_attn_indexes:
-        for name in ("rel_pos_h", "rel_pos_w"):
-            t = enc[f"blocks.{i}.attn.{name}"]
-            enc[f"blocks.{i}.attn.{name}"] = F.interpolate(t[None, None], (2 * grid - 1, t.shape[1]),
-                                                           mode="bilinear", align_corners=False)[0, 0]
+    encoder = sam_reference.encoder(SIZE, image_size)
+    enc = sam_reference.resized_encoder_state(base_state, SIZE, image_size)
     d = s.embed_dim
     for i in range(s.depth):
         w = enc[f"blocks.{i}.attn.qkv.weight"]
@@ -63,18 +48,7 @@ def _reference(segment_anything, base_state, published, image_size):
         dv = published[f"w_b_{2 * i + 1:03d}"] @ published[f"w_a_{2 * i + 1:03d}"]
         enc[f"blocks.{i}.attn.qkv.weight"] = w + torch.cat([dq, torch.zeros(d, d), dv], dim=0)
     encoder.load_state_dict(enc, strict=True)
-    prompt = modeling.PromptEncoder(embed_dim=s.prompt_embed_dim, image_embedding_size=(grid, grid),
-                                    input_image_size=(image_size, image_size), mask_in_chans=16)
-    decoder = modeling.MaskDecoder(
-        num_multimask_outputs=8,
-        transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=s.prompt_embed_dim,
-                                               mlp_dim=s.decoder_mlp_dim, num_heads=s.decoder_heads),
-        transformer_dim=s.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=s.prompt_embed_dim,
-    )
-    prompt.load_state_dict({k[len("prompt_encoder."):]: v for k, v in published.items()
-                            if k.startswith("prompt_encoder.")})
-    decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in published.items()
-                             if k.startswith("mask_decoder.")})
+    prompt, decoder = sam_reference.prompt_and_decoder(SIZE, image_size, 8, published)
 
     def run(slice01):  # [S, S] in [0, 1]
         x = torch.as_tensor(slice01)[None, None].repeat(1, 3, 1, 1)  # pixel mean 0, std 1
@@ -88,12 +62,12 @@ def _reference(segment_anything, base_state, published, image_size):
     return run
 
 
-def test_same_output_as_published_algorithm(files, segment_anything):
+def test_same_output_as_published_algorithm(files, sam_reference):
     base_path, lora_path, base_state, published = files
     model = load_model(lora_path, sam_checkpoint=base_path)
     assert isinstance(model, samed.SAMedModel)
     assert model.class_names == samed.SYNAPSE_CLASSES and model.image_size == 64 and model.rank == 4
-    reference = _reference(segment_anything, base_state, published, 64)
+    reference = _reference(sam_reference, base_state, published, 64)
     slice01 = torch.rand(64, 64)
     ours = model.predict_slab(slice01[None].numpy())[0]
     expected = reference(slice01)
