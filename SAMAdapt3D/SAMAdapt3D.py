@@ -140,6 +140,7 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addModelButton.connect("clicked()", self.onAddModelFile)
         self.ui.samCheckpointPathLineEdit.connect("currentPathChanged(QString)", self.onSamCheckpointChanged)
         self.ui.dependenciesButton.connect("clicked()", lambda: self.ensureDependencies(force_report=True))
+        self.setupFineTune()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -439,6 +440,58 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromParameterNode()
         self.updateCpuWarning()
 
+    # ---- fine-tuning -------------------------------------------------------------------------------------
+    def setupFineTune(self):
+        for name in ("litemedsam-adapter", "sam3d-adapter"):
+            self.ui.trainModelComboBox.addItem(name)
+        self.ui.trainOutputPathLineEdit.currentPath = self.logic.defaultTrainingFolder()
+        self.ui.addCaseButton.connect("clicked()", self.onAddCase)
+        self.ui.clearCasesButton.connect("clicked()", self.onClearCases)
+        self.ui.fineTuneButton.connect("clicked()", self.onFineTune)
+        self.ui.cancelFineTuneButton.connect("clicked()", self.logic.cancelFineTune)
+        self.logic.fineTuneCallback = self.onFineTuneEvent
+
+    def onAddCase(self):
+        p = self._parameterNode
+        if p is None or not (p.inputVolume and p.segmentation and p.segmentID):
+            self.ui.fineTuneStatusLabel.text = "Select an input volume, a segmentation and a segment to add."
+            return
+        label = self.logic.addTrainingCase(p.inputVolume, p.segmentation, p.segmentID)
+        self.ui.casesListWidget.addItem(label)
+
+    def onClearCases(self):
+        self.logic.clearTrainingCases()
+        self.ui.casesListWidget.clear()
+
+    def onFineTune(self):
+        if not self.ensureDependencies():
+            return
+        p = self._parameterNode
+        try:
+            self.logic.startFineTune(self.ui.trainOutputPathLineEdit.currentPath, self.ui.trainModelComboBox.currentText,
+                                     self.ui.epochsSpinBox.value, p.device if p is not None else "auto")
+        except Exception as exc:  # bad cases or folder: a message, never a crash
+            self.ui.fineTuneStatusLabel.text = f"Cannot fine-tune: {exc}"
+            return
+        self.ui.fineTuneButton.enabled = False
+        self.ui.cancelFineTuneButton.enabled = True
+        self.ui.fineTuneProgressBar.visible = True
+        self.ui.fineTuneProgressBar.value = 0
+
+    def onFineTuneEvent(self, status, message, fraction=None, modelPath=None):
+        """status: "progress" | "ok" | "cancelled" | "error"."""
+        self.ui.fineTuneStatusLabel.text = message
+        if fraction is not None:
+            self.ui.fineTuneProgressBar.value = int(100 * fraction)
+        if status == "progress":
+            return
+        self.ui.fineTuneButton.enabled = True
+        self.ui.cancelFineTuneButton.enabled = False
+        self.ui.fineTuneProgressBar.visible = False
+        if modelPath:
+            self.populateModels()
+            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.findData(modelPath))
+
     # ---- dependencies ------------------------------------------------------------------------------------
     def ensureDependencies(self, force_report=False):
         missing = self.logic.missingDependencies()
@@ -489,6 +542,14 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         self._events = queue.Queue()
         self._pending = None
         self._lastClassWrite = None  # (ClassWrite, volume node, segmentation node): undone by the next undo
+        self.fineTuneCallback = None
+        self.trainingCases = []
+        self._trainingJob = None
+        self._trainingOut = None
+        self._trainingEvents = []
+        self._trainingTimer = qt.QTimer()
+        self._trainingTimer.setInterval(500)
+        self._trainingTimer.connect("timeout()", self._pollTraining)
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(50)
         self._pollTimer.connect("timeout()", self._poll)
@@ -801,6 +862,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
     def shutdown(self):
         self.cancel()
+        self.cancelFineTune()
         self._pollTimer.stop()
 
     def _poll(self):
@@ -900,6 +962,90 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             return "error", text
         logging.error(tb)
         return "error", f"Segmentation failed: {type(exc).__name__}: {text} (details in the Python console)"
+
+    # ---- fine-tuning (a separate process) ----------------------------------------------------------------
+    @staticmethod
+    def defaultTrainingFolder():
+        return os.path.join(os.path.expanduser("~"), "SAMAdapt3D-finetune")
+
+    def addTrainingCase(self, volumeNode, segmentationNode, segmentID):
+        import SAMAdapt3DTraining as training
+
+        self.trainingCases.append(training.TrainingCase(volumeNode, segmentationNode, segmentID))
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentID)
+        return f"{volumeNode.GetName()}: {segment.GetName() if segment else segmentID}"
+
+    def clearTrainingCases(self):
+        self.trainingCases = []
+
+    def startFineTune(self, outputFolder, model="litemedsam-adapter", epochs=20, device="auto"):
+        """Export the cases and start `samadapt3d train` in a separate process; progress goes to fineTuneCallback."""
+        import time
+
+        import SAMAdapt3DTraining as training
+
+        if self._trainingJob is not None and self._trainingJob.running:
+            raise RuntimeError("a fine-tuning run is already going")
+        run = os.path.join(outputFolder or self.defaultTrainingFolder(), time.strftime("run-%Y%m%d-%H%M%S"))
+        csvPath, target = training.export_training_set(self.trainingCases, os.path.join(run, "data"))
+        command = training.training_command(csvPath, target, os.path.join(run, "model"), model=model, epochs=epochs,
+                                            device=device)
+        self._trainingOut = os.path.join(run, "model")
+        self._trainingEvents = []
+        self._trainingJob = training.TrainingJob(command, log_path=os.path.join(run, "training.log"))
+        self._trainingJob.start()
+        self._trainingTimer.start()
+        self._fineTune("progress", f"Training '{target}' on {len(self.trainingCases)} case(s) ({model})…", 0.0)
+        return self._trainingJob
+
+    def cancelFineTune(self):
+        if self._trainingJob is not None and self._trainingJob.running:
+            self._fineTune("progress", "Stopping (saving a checkpoint)…")
+            threading.Thread(target=self._trainingJob.cancel, daemon=True).start()
+
+    def _pollTraining(self):
+        import SAMAdapt3DTraining as training
+
+        if self._trainingJob is None:
+            self._trainingTimer.stop()
+            return
+        for event in self._trainingJob.events():
+            self._trainingEvents.append(event)
+            if event.get("event") == "exit":
+                self._trainingTimer.stop()
+                self._finishFineTune(event)
+                return
+            if event.get("event") == "log":
+                continue
+            fraction = None
+            if "epoch" in event and "epochs" in event:
+                fraction = float(event["epoch"]) / max(float(event["epochs"]), 1.0)
+            self._fineTune("progress", training.describe_progress(event), fraction)
+
+    def _finishFineTune(self, exitEvent):
+        import SAMAdapt3DTraining as training
+
+        if exitEvent.get("cancelled"):
+            self._fineTune("cancelled", f"Stopped. Checkpoints and log are in {os.path.dirname(self._trainingOut)}.")
+            return
+        if exitEvent.get("returncode") != 0:
+            lines = [e.get("text", "") for e in self._trainingEvents if e.get("event") in ("log", "error")] + \
+                    [e.get("message", "") for e in self._trainingEvents if e.get("event") == "error"]
+            detail = next((line for line in reversed(lines) if line), "see training.log")
+            self._fineTune("error", f"Training failed: {detail}")
+            return
+        modelPath = training.find_trained_model(self._trainingOut, self._trainingEvents)
+        if modelPath is None:
+            self._fineTune("error", f"Training finished but wrote no model file in {self._trainingOut}.")
+            return
+        self.rememberModelFile(str(modelPath))
+        self._fineTune("ok", f"Fine-tuned model saved: {modelPath}. It is now in the model list.", 1.0, str(modelPath))
+
+    def _fineTune(self, status, message, fraction=None, modelPath=None):
+        if self.fineTuneCallback:
+            self.fineTuneCallback(status, message, fraction, modelPath)
+        else:
+            logging.info(f"SAMAdapt3D fine-tune: {message}")
 
     # ---- synchronous API (tests, scripting) -------------------------------------------------------------
     def segmentNow(self, p, action="sync", viewAxis=None, segmentEditorNode=None):

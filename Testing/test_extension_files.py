@@ -57,7 +57,7 @@ def _imports(path):
 
 
 def test_bridge_and_core_import_no_gui():
-    for name in ("SAMAdapt3DSceneBridge.py", "SAMAdapt3DCore.py"):
+    for name in ("SAMAdapt3DSceneBridge.py", "SAMAdapt3DCore.py", "SAMAdapt3DTraining.py"):
         imports, text = _imports(MODULE / name)
         assert not imports & {"qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "PythonQt"}, imports
         code = re.sub(r'""".*?"""', "", text, flags=re.S)  # docstrings may name what is avoided
