@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the built-in model names and families")
     sub.add_parser("demo", help="run the demo (samadapt3d demo --help)", add_help=False)
     sub.add_parser("bench", help="run the benchmark (samadapt3d bench --help)", add_help=False)
+    sub.add_parser("train", help="fine-tune adapters on labelled volumes (samadapt3d train --help)", add_help=False)
     return parser
 
 
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in ("demo", "bench"):
             return _delegate(argv[0], argv[1:])
+        if argv and argv[0] == "train":
+            from .training.cli import main as train_main
+
+            return train_main(argv[1:])
         parser = build_parser()
         args = parser.parse_args(_join_negative_values(argv))
         if args.command == "segment":

@@ -24,6 +24,7 @@ FAMILY_MODULES = (
     "samadapt3d.families.samed",
     "samadapt3d.families.ma_sam",
     "samadapt3d.families.med_sa",
+    "samadapt3d.families.litemedsam_adapter",
 )
 
 DEFAULT_MODEL = "litemedsam"
