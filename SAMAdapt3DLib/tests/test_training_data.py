@@ -8,13 +8,13 @@ import numpy as np
 from samadapt3d.volume import Volume
 
 
-def write_spheres(folder: Path, n: int, shape=(36, 40, 40), seed: int = 0, start: int = 0) -> Path:
+def write_spheres(folder: Path, n: int, shape=(36, 40, 40), seed: int = 0, start: int = 0, radius=(4.0, 7.0)) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
     for c in range(start, start + n):
-        r = rng.uniform(4, 7)
+        r = rng.uniform(*radius)
         centre = [rng.uniform(r + 2, s - r - 2) for s in shape]
         mask = sum((g - x) ** 2 for g, x in zip(grid, centre)) <= r * r
         image = rng.normal(0, 25, shape) + 150 * mask

@@ -57,7 +57,7 @@ class LiteMedSAMAdapterConfig:
         """A random-weight network of the same layout, small enough for CPU tests (256 input, 64² embedding)."""
         enc = TinyViTConfig(embed_dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2),
                             out_chans=32)
-        values: dict[str, Any] = dict(encoder=enc, decoder_heads=2, decoder_mlp_dim=64, adapter_dim=8)
+        values: dict[str, Any] = dict(encoder=enc, decoder_heads=2, decoder_mlp_dim=64, adapter_dim=8, slice_context=1)
         values.update(overrides)
         return cls(**values)
 

@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.progress_json:
             print(json.dumps(event), flush=True)
         elif event["event"] == "epoch":
-            print(f"epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}, val Dice "
-                  f"{event.get('val_dice', float('nan')):.3f}, NSD {event.get('val_nsd', float('nan')):.3f}", flush=True)
+            scores = (f", val Dice {event['val_dice']:.3f}, NSD {event['val_nsd']:.3f}" if "val_dice" in event else "")
+            print(f"epoch {event['epoch']}/{event['epochs']}: loss {event['train_loss']:.4f}{scores}", flush=True)
         elif event["event"] in ("done", "stopped"):
             print(f"{event['event']}: " + ", ".join(f"{k} {v}" for k, v in event.items() if k != "event"), flush=True)
 

@@ -160,8 +160,9 @@ class _Trainer:
         if not info.is_main:
             arrays = load_cases(cases, cfg.target, model.preset, cache)
         self.train_cases = [arrays[i] for i in train_idx]
-        self.val_cases = [arrays[i] for i in val_idx] or self.train_cases
-        self.val_on_train = not val_idx
+        # no held-out case (a single case): validate on the training case, and say so; val_fraction 0: none
+        self.val_on_train = not val_idx and cfg.val_fraction > 0
+        self.val_cases = [arrays[i] for i in val_idx] or (self.train_cases if self.val_on_train else [])
         size = resolve_crop(self.task, [a.image.shape for a in self.train_cases])
         self.task.crop_size = size
         samples = cfg.samples_per_epoch or max(4 * len(self.train_cases), cfg.batch_size * info.world_size)
@@ -233,6 +234,7 @@ class _Trainer:
         model = self.task.model
         self.emit({"event": "start", "model": self.cfg.model, "epochs": self.cfg.epochs, "steps": self.steps_per_epoch,
                    "train_cases": len(self.train_cases), "val_cases": 0 if self.val_on_train else len(self.val_cases),
+                   "val_on_train": self.val_on_train,
                    "crop": list(self.task.crop_size), "device": str(self.info.device),
                    "world_size": self.info.world_size, "trainable": sum(p.numel() for p in self.params),
                    "parameters": sum(p.numel() for p in model.parameters()), "resumed_epoch": self.epoch})
@@ -289,7 +291,7 @@ class _Trainer:
             return True
         train_loss = distributed.mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), info)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": self.sched.get_last_lr()[0]}
-        if info.is_main:
+        if info.is_main and self.val_cases:
             scores = evaluate(self.task, self.net, self.val_cases, info.device, cfg.nsd_tolerance_mm)
             record.update(val_dice=scores["dice"], val_nsd=scores["nsd"], val_on_train=self.val_on_train)
         record["seconds"] = time.perf_counter() - started
