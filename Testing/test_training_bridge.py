@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +69,66 @@ def test_command_line_and_progress_lines(tmp_path):
     event = training.parse_progress_line('{"event": "epoch", "epoch": 2, "epochs": 5, "val_dice": 0.8123}\n')
     assert training.describe_progress(event) == "epoch 2/5, val dice 0.812"
     assert training.parse_progress_line("plain text\n") == {"event": "log", "text": "plain text"}
+
+
+def _blob_case(scene, name, seed):
+    """A bright ball in noise, segmented: something a tiny model can learn in a step or two."""
+    rng = np.random.default_rng(seed)
+    shape = (10, 32, 32)
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    ball = (k - 5) ** 2 / 9 + (j - 14 - seed) ** 2 / 36 + (i - 16) ** 2 / 36 <= 1
+    array = (rng.normal(0, 20, shape) + 300 * ball).astype(np.int16)
+    node = bridge.volume_to_node(Volume(array, spacing=(1.0, 1.0, 2.0)), scene, name)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} seg")
+    seg.CreateDefaultDisplayNodes()
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
+    sid = bridge.add_segment(seg, "ball")
+    bridge.write_segment_mask(seg, sid, ball, node)
+    return training.TrainingCase(node, seg, sid)
+
+
+TINY = ["--config", "tiny", "--samples-per-epoch", "2", "--batch-size", "1", "--val-fraction", "0.5", "--seed", "0"]
+
+
+def test_real_training_process_reports_progress_and_its_model_loads(scene, tmp_path):
+    """The module's path end to end: scene cases -> files -> `python -m samadapt3d train` in a child process ->
+    JSON progress -> a model file that load_model takes."""
+    from samadapt3d.models import load_model
+
+    cases = [_blob_case(scene, f"ct{n}", n) for n in range(2)]
+    csv_path, target = training.export_training_set(cases, tmp_path / "data")
+    command = training.training_command(csv_path, target, tmp_path / "model", epochs=1, device="cpu", extra=TINY)
+    job = training.TrainingJob(command, log_path=tmp_path / "training.log")
+    job.start()
+    assert job.wait(timeout=300) == 0, (tmp_path / "training.log").read_text()[-2000:]
+    events = job.events()
+    kinds = [e.get("event") for e in events]
+    assert "start" in kinds and "epoch" in kinds and "done" in kinds, kinds
+    assert events[-1] == {"event": "exit", "returncode": 0, "cancelled": False}
+    epoch = next(e for e in events if e.get("event") == "epoch")
+    assert "epoch 1/1" in training.describe_progress(epoch)
+    model_path = training.find_trained_model(tmp_path / "model", events)
+    assert model_path is not None and model_path.suffix == ".safetensors"
+    model = load_model(model_path)
+    assert model.family == "litemedsam_adapter"
+
+
+def test_stopping_a_training_process_saves_a_checkpoint(scene, tmp_path):
+    cases = [_blob_case(scene, "ct", 0)]
+    csv_path, target = training.export_training_set(cases, tmp_path / "data")
+    command = training.training_command(csv_path, target, tmp_path / "model", epochs=500, device="cpu",
+                                        extra=TINY[:-4] + ["--val-fraction", "0"])
+    job = training.TrainingJob(command)
+    job.start()
+    seen = []
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(e.get("event") == "step" for e in seen):
+        seen += job.events()
+        assert job.running or any(e.get("event") == "step" for e in seen), seen
+        time.sleep(0.2)
+    job.cancel(timeout=120)
+    job.wait(timeout=60)
+    seen += job.events()
+    assert seen[-1]["event"] == "exit" and seen[-1]["cancelled"]
+    stopped = [e for e in seen if e.get("event") == "stopped"]
+    assert stopped and Path(stopped[0]["checkpoint"]).is_file(), seen[-5:]
