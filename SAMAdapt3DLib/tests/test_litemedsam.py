@@ -78,33 +78,119 @@ def test_missing_wheel_gives_install_hint(monkeypatch):
         litemedsam.wheel_checkpoint_path()
 
 
-def test_lung_from_one_click(engine, case):
-    _, truth = case
-    prob = engine.run(ModelPrompts(positive=[_click("right lung")]))
-    assert dice(prob > 0.5, truth["right lung"]) >= 0.8
+# ---- the real CT through InteractiveSession (one engine, so each slice is embedded once) ----------
+@pytest.fixture
+def session(model, engine, case):
+    from samadapt3d.session import InteractiveSession
+
+    s = InteractiveSession(model, engine=engine)
+    s.set_image(case[0])  # cheap: the engine keeps its embeddings (keyed by slice content)
+    return s
 
 
-def test_box_bounds_the_result(engine, case):
+@pytest.fixture(scope="module")
+def lung_masks(model, engine, case):
+    """One click inside each lung (the demo's clicks), through the session."""
+    from samadapt3d.session import InteractiveSession
+
+    s = InteractiveSession(model, engine=engine)
+    s.set_image(case[0])
+    out = {}
+    for name in ("right lung", "left lung"):
+        s.reset()
+        out[name] = np.asarray(s.add_point(DEMO_CLICKS[name]))
+    return out
+
+
+@pytest.mark.parametrize("name", ["right lung", "left lung"])
+def test_each_lung_from_one_click(lung_masks, case, name):
     _, truth = case
-    z, y, x = np.nonzero(truth["right lung"])
-    lo, hi = (z.min(), y.min(), x.min()), (z.max(), y.max(), x.max())
-    mask = engine.run(ModelPrompts(box=(lo, hi))) > 0.5
-    assert dice(mask, truth["right lung"]) >= 0.8
+    assert dice(lung_masks[name], truth[name]) >= 0.80
+
+
+def _reoriented_copy(volume):
+    """The same physical image stored differently: array axes permuted (k, j, i) -> (j, i, k) and the
+    old k axis reversed; spacing, direction and origin changed to match. The slices across the old k
+    axis keep their in-plane layout, so the model sees the same pixels; what changes is every index,
+    the array axis of the acquisition (largest spacing) and the handedness of the direction."""
+    from samadapt3d.volume import Volume
+
+    a = volume.array
+    depth = a.shape[0]
+    b = np.ascontiguousarray(a.transpose(1, 2, 0)[:, :, ::-1])  # b[k', j', i'] = a[K-1-i', k', j']
+    d, sp = np.asarray(volume.direction, float), np.asarray(volume.spacing, float)
+    direction = np.stack([-d[:, 2], d[:, 0], d[:, 1]], axis=1)
+    origin = np.asarray(volume.origin, float) + (depth - 1) * sp[2] * d[:, 2]
+    copy = Volume(b, spacing=(sp[2], sp[0], sp[1]), origin=origin, direction=direction)
+    probe = np.array([[3.0, 7.0, 5.0], [100.0, 20.0, 30.0]])  # (i, j, k) in the copy
+    old = np.stack([probe[:, 1], probe[:, 2], depth - 1 - probe[:, 0]], axis=1)
+    np.testing.assert_allclose(copy.index_to_physical(probe), volume.index_to_physical(old), atol=1e-6)
+    return copy, lambda m: np.ascontiguousarray(m[:, :, ::-1].transpose(2, 0, 1))  # copy grid -> original
+
+
+def test_same_lung_on_a_reoriented_flipped_copy(model, engine, case, lung_masks):
+    from samadapt3d.session import InteractiveSession
+
+    volume, truth = case
+    copy, back = _reoriented_copy(volume)
+    s = InteractiveSession(model, engine=engine)
+    s.set_image(copy)
+    assert engine.default_axis() == 2  # the 10 mm axis is now the array's last axis
+    for name in ("right lung", "left lung"):
+        s.reset()
+        lps = volume.index_to_physical(np.asarray(DEMO_CLICKS[name], float))
+        mask = back(np.asarray(s.add_point(lps.reshape(3), space="lps")))
+        assert mask.shape == truth[name].shape
+        assert dice(mask, lung_masks[name]) >= 0.95
+        assert dice(mask, truth[name]) >= 0.80
+
+
+@pytest.mark.parametrize("name", ["right lung", "left lung"])
+def test_box_around_a_lung_segments_it_and_bounds_the_result(session, case, name):
+    _, truth = case
+    k, j, i = np.nonzero(truth[name])
+    lo, hi = (i.min(), j.min(), k.min()), (i.max(), j.max(), k.max())
+    mask = np.asarray(session.set_box(lo, hi))
+    assert dice(mask, truth[name]) >= 0.82
     inside = np.zeros_like(mask)
-    inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+    inside[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = True
     assert mask.any() and not (mask & ~inside).any()
 
 
+def _deepest(mask2d):
+    import SimpleITK as sitk
+
+    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
+        sitk.GetImageFromArray(mask2d.astype(np.uint8)), insideIsPositive=True, useImageSpacing=False))
+    return np.unravel_index(int(np.argmax(dist)), dist.shape)
 
 
-def test_cancel_and_cache(engine):
+def test_negative_click_removes_a_leak(session, case):
+    """A click in the thoracic spine leaks down the (identical-looking) lumbar spine; a negative click in
+    the middle of the leak must remove most of it and keep the thoracic part."""
+    _, truth = case
+    good, wrong = truth["thoracic vertebral column"], truth["lumbar vertebral column"]
+    before = np.asarray(session.add_point(DEMO_CLICKS["thoracic vertebral column"]))
+    leak = before & wrong
+    assert leak.sum() >= 500  # the scenario: a real leak to remove
+    leaked = np.flatnonzero(leak.any(axis=(1, 2)))
+    k = int(leaked[len(leaked) // 2])  # the middle slice of the leak
+    j, i = _deepest(leak[k])
+    after = np.asarray(session.add_point((int(i), int(j), k), positive=False))
+    assert (after & wrong).sum() <= 0.5 * leak.sum()
+    assert (after & good).sum() >= 0.95 * (before & good).sum()
+    assert dice(after, good) >= dice(before, good)
+
+
+def test_cancel_and_cache(session, engine, lung_masks):
     import threading
 
     from samadapt3d.errors import CancelledError
 
-    before = engine.stats["embedded"]
-    engine.run(ModelPrompts(positive=[_click("right lung")]))
+    before = engine.stats["embedded"]  # the right lung was segmented before (lung_masks)
+    again = np.asarray(session.add_point(DEMO_CLICKS["right lung"]))
     assert engine.stats["embedded"] == before  # every slice came from the cache
+    assert np.array_equal(again, lung_masks["right lung"])
     event = threading.Event()
     event.set()
     with pytest.raises(CancelledError):
@@ -173,15 +259,27 @@ def test_session_slices_along_the_acquisition_axis_or_the_view_axis(model):
     from samadapt3d.session import InteractiveSession
     from samadapt3d.volume import Volume
 
-    # array [k, j, i] = 12 x 6 x 3 with the largest spacing along i (array axis 2): a thick-slice
+    # array [k, j, i] = 12 x 4 x 3 with the largest spacing along i (array axis 2): a thick-slice
     # acquisition along i; a soft-tissue block in air
-    array = np.full((12, 6, 3), -1000.0, np.float32)
-    array[2:10, 1:5, :] = 40.0
+    array = np.full((12, 4, 3), -1000.0, np.float32)
+    array[2:10, 1:3, :] = 40.0
     session = InteractiveSession(model)
     session.set_image(Volume(array, spacing=(5.0, 2.0, 1.0)))
     assert session.engine.spacing == (1.0, 2.0, 5.0)  # (D, H, W) = (k, j, i): the volume's own spacing
     assert session.engine.default_axis() == 2
-    session.add_point((1, 3, 5))
+    session.add_point((1, 2, 5))
     assert session.engine.last_axis == 2  # no view: the largest-spacing axis
-    session.add_point((1, 2, 6), view_axis=1)
+    session.add_point((1, 1, 6), view_axis=1)
     assert session.engine.last_axis == 1  # a click from the view normal to j slices along j
+
+
+def test_demo_without_slicerio_names_the_extra(monkeypatch):
+    import importlib.util
+
+    from samadapt3d import demo
+    from samadapt3d.errors import SAMAdapt3DError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "slicerio" else real(name, *a))
+    with pytest.raises(SAMAdapt3DError, match=r'pip install "samadapt3d\[demo\]"'):
+        demo.load_demo_case()

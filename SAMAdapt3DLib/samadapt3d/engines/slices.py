@@ -14,10 +14,16 @@ How a run works (all in model space, [D, H, W]):
    longer overlaps its neighbour's, a low predicted IoU, or a median intensity (of the model's
    normalised slice) that moved more than `max_level_change` from the anchor's (another tissue);
    and at the 3D box's ends.
-4. Negative clicks: on their slice the part of the mask around the negative click is cut away
-   (the whole 2D component when no positive click shares it, else the pixels nearer to the negative
-   than to a positive click), and this carries on through the propagation; at the end every 3D
-   component that holds a negative click and no positive click is removed.
+4. Negative clicks. The object under each negative click is segmented the way a positive click's
+   would be (click anchor on its slice, avoiding the positive clicks there, then propagation): the
+   "excluded object". On every slice the positive mask meets it: when it covers most of the mask
+   (`same_object`), both clicks see the same object and the slice goes to the nearer click along
+   the slicing axis (a leak along the axis: the positive walk stops where the negative side begins);
+   otherwise it is another object inside the mask (a leak in the plane) and is cut out, dilated by one
+   pixel (positive clicks kept). Where the excluded object could not be segmented, the negative's own
+   slice loses the pixels nearer to the negative than to a positive click (the whole 2D component when
+   no positive shares it). At the end every 3D component that holds a negative click and no positive
+   click is removed.
 Per-slice image embeddings are kept in an LRU cache bounded in bytes and keyed by the slice's content, so
 later clicks are fast, also after `set_image` with the same scan re-oriented or loaded again.
 """
@@ -40,6 +46,8 @@ from .base import ModelPrompts, ProgressCallback
 CLICK_BOX_FRACTIONS = (0.03, 0.06, 0.09, 0.125, 0.16, 0.19, 0.23, 0.28, 0.34)
 #: rounds of refitting each candidate box to its own mask
 CLICK_ROUNDS = 4
+#: a negative click's object: the smallest candidate scoring at least this fraction of the best one
+NEGATIVE_SCORE_RATIO = 0.5
 
 
 @dataclass
@@ -55,7 +63,7 @@ class SliceEngine:
 
     def __init__(self, model: SliceModel, cache_bytes: int = 512 << 20, box_margin: float = 0.1,
                  min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35,
-                 max_level_change: float = 0.12) -> None:
+                 max_level_change: float = 0.12, same_object: float = 0.5) -> None:
         self.model = model.eval()
         self.cache_bytes = int(cache_bytes)
         self.box_margin = box_margin
@@ -63,6 +71,7 @@ class SliceEngine:
         self.min_overlap = min_overlap
         self.min_iou = min_iou
         self.max_level_change = max_level_change
+        self.same_object = same_object
         self.image: np.ndarray | None = None
         self.spacing: tuple[float, float, float] | None = None
         #: slice content (shape, digest) -> data; kept across set_image, so the same slices of another
@@ -225,6 +234,11 @@ class _Run:
             self.box = (lo, hi)
         self.prob = np.zeros((self.n, *self.plane), np.float32)
         self.done = 0
+        #: slices holding a positive prompt (clicks; a box's middle slice)
+        self.anchor_slices = sorted({int(k) for k in self.pos[:, 0]} | (
+            set() if self.box is None else {int(round((self.box[0][0] + self.box[1][0]) / 2))}))
+        #: per negative click, its excluded object {slice: mask} (filled by `_segment_excluded`)
+        self.excluded: list[dict[int, np.ndarray]] = [{} for _ in range(len(self.neg))]
 
     # ---- helpers ---------------------------------------------------------------------------
     def _tick(self, message: str) -> None:
@@ -245,8 +259,62 @@ class _Run:
             return 0 <= k < self.n
         return int(self.box[0][0]) <= k <= int(self.box[1][0])
 
+    def _segment_excluded(self) -> None:
+        """The object under each negative click, segmented like a positive click's (see step 4)."""
+        for n, (kn, r, c) in enumerate(self.neg):
+            kn = int(kn)
+            if not self._in_range(kn):
+                continue
+            self._tick(f"negative click on slice {kn}")
+            avoid = [(int(pr), int(pc)) for kk, pr, pc in self.pos if kk == kn]
+            found = self._click_anchor(kn, [(int(r), int(c))], avoid=avoid)
+            if found is None:
+                continue
+            obj = self.excluded[n]
+            obj[kn] = found[0] > 0
+
+            def keep(k: int, logits: np.ndarray, mask: np.ndarray, obj=obj) -> None:
+                obj[k] = mask
+
+            for step in (+1, -1):
+                self._propagate(kn, obj[kn], step, store=keep, exclude=False)
+
     def _apply_negatives(self, k: int, mask: np.ndarray) -> np.ndarray:
-        negs = [(r, c) for kk, r, c in self.neg if kk == k and mask[r, c]]
+        """Mask on slice k after the negative clicks (see step 4 of the module docstring)."""
+        if not len(self.neg) or not mask.any():
+            return mask
+        pos_here = [(int(r), int(c)) for kk, r, c in self.pos if kk == k]
+        d_pos = min((abs(k - a) for a in self.anchor_slices), default=self.n + 1)
+        out = mask.copy()
+        for (kn, r, c), obj in zip(self.neg, self.excluded):
+            wrong = obj.get(k)
+            if wrong is None:
+                if kn == k and out[r, c]:
+                    out = self._cut_near(k, out, [(int(r), int(c))])
+                continue
+            overlap = int((out & wrong).sum())
+            if overlap == 0:
+                continue
+            if overlap >= self.e.same_object * out.sum():  # one object seen from both sides: split along the axis
+                d_neg = abs(k - int(kn))
+                if d_neg < d_pos:
+                    out[:] = False
+                elif d_neg == d_pos and kn == k:
+                    out = self._cut_near(k, out, [(int(r), int(c))])
+                continue
+            cut = _dilate(wrong, 1)
+            if any(cut[pr, pc] for pr, pc in pos_here):
+                cut = wrong
+            if any(cut[pr, pc] for pr, pc in pos_here):
+                out = self._cut_near(k, out, [(int(r), int(c))]) if kn == k else out
+                continue
+            out &= ~cut
+        return out
+
+    def _cut_near(self, k: int, mask: np.ndarray, negs: list[tuple[int, int]]) -> np.ndarray:
+        """Without an excluded object: the mask's pixels nearer to the negative than to a positive click
+        of the same component (the whole component when it holds no positive click)."""
+        negs = [(r, c) for r, c in negs if mask[r, c]]
         if not negs:
             return mask
         labels = _label(mask)
@@ -271,11 +339,13 @@ class _Run:
         return logits[0], float(iou[0])
 
     # ---- anchors ---------------------------------------------------------------------------
-    def _click_anchor(self, k: int, points: list[tuple[int, int]]) -> tuple[np.ndarray, float] | None:
-        """Best mask on slice k for positive clicks `points` (box candidates grown to fit)."""
+    def _click_anchor(self, k: int, points: list[tuple[int, int]],
+                      avoid: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, float] | None:
+        """Best mask on slice k for clicks `points` (box candidates grown to fit) that holds none of the
+        pixels `avoid` (default: the negative clicks on slice k)."""
         data = self.e.slice_data(self.axis, k, self.cancel)
         within = self._plane_box()
-        negs = [(r, c) for kk, r, c in self.neg if kk == k]
+        negs = [(r, c) for kk, r, c in self.neg if kk == k] if avoid is None else list(avoid)
         pr = np.array([p[0] for p in points]); pc = np.array([p[1] for p in points])
         side = max(self.plane)
         boxes = []
@@ -300,16 +370,26 @@ class _Run:
             if not grow:
                 break
             boxes = grow
-        best, best_score = None, -1.0
+        scored: list[tuple[float, int, np.ndarray, float]] = []
         for logits, iou in final:
             mask = logits > 0
+            if avoid is None:  # a positive anchor: judged after the negative clicks have cut it
+                mask = self._apply_negatives(k, mask)
+                if not mask[pr, pc].all():
+                    continue
             if any(mask[r, c] for r, c in negs):
                 continue
             score = iou * self._stability(logits) * self._edge(data.image01, mask) * self._homogeneity(
                 data.image01, mask, pr, pc)
-            if score > best_score:
-                best, best_score = (logits, iou), score
-        return best
+            scored.append((score, int(mask.sum()), logits, iou))
+        if not scored:
+            return None
+        top = max(s[0] for s in scored)
+        if avoid is None:
+            pick = max(scored, key=lambda s: s[0])
+        else:  # a negative click marks the smallest plausible object around it, not what encloses it
+            pick = min((s for s in scored if s[0] >= NEGATIVE_SCORE_RATIO * top), key=lambda s: s[1])
+        return pick[2], pick[3]
 
     @staticmethod
     def _stability(logits: np.ndarray) -> float:
@@ -329,7 +409,10 @@ class _Run:
         return float(np.mean(np.abs(img[mask] - ref) < 0.1)) + 1e-3
 
     # ---- propagation -----------------------------------------------------------------------
-    def _propagate(self, k0: int, mask0: np.ndarray, step: int) -> None:
+    def _propagate(self, k0: int, mask0: np.ndarray, step: int, store=None, exclude: bool = True) -> None:
+        """Walk from slice k0 in direction `step`; each accepted slice goes to `store(k, logits, mask)`
+        (default: the result); `exclude` applies the negative clicks on the way."""
+        store = self._store if store is None else store
         prev = mask0
         ref = float(np.median(self.e.slice_data(self.axis, k0, self.cancel).image01[mask0])) if mask0.any() else 0.0
         k = k0 + step
@@ -345,7 +428,8 @@ class _Run:
                 if refit != box:
                     logits, iou = self._predict(k, refit)
                     mask = logits > 0
-            mask = self._apply_negatives(k, mask)
+            if exclude:
+                mask = self._apply_negatives(k, mask)
             if mask.sum() < self.e.min_area or iou < self.e.min_iou:
                 break
             near = _dilate(prev, 2)
@@ -354,7 +438,7 @@ class _Run:
             level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
             if abs(level - ref) > self.e.max_level_change:
                 break  # another tissue: the object has ended
-            self._store(k, logits, mask)
+            store(k, logits, mask)
             prev = mask
             k += step
 
@@ -370,6 +454,7 @@ class _Run:
 
     def execute(self) -> np.ndarray:
         anchors: list[tuple[int, np.ndarray]] = []
+        self._segment_excluded()
         if self.box is not None:
             k = int(round((self.box[0][0] + self.box[1][0]) / 2))
             self._tick(f"slice {k}")
