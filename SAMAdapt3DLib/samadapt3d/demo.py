@@ -38,18 +38,19 @@ def slicerio_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         from .errors import SAMAdapt3DError
 
-        raise SAMAdapt3DError("the demo CT comes with the slicerio wheel: pip install slicerio")
+        raise SAMAdapt3DError('the demo CT and its labels come with the slicerio wheel, which is not installed; '
+                              'install it with: pip install "samadapt3d[demo]"   (or: pip install slicerio)')
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def load_demo_case():
     """(Volume of the CT, {name: bool mask [k, j, i]}) with the labels aligned to the CT by geometry."""
     import SimpleITK as sitk
-    import slicerio
 
     from .volume import Volume
 
-    data = slicerio_data_dir()
+    data = slicerio_data_dir()  # first: a clear error when slicerio is missing
+    import slicerio
     ct_path, seg_path = data / "CTChest4.nrrd", data / "Segmentation.seg.nrrd"
     volume = Volume.from_file(ct_path)
     info = slicerio.read_segmentation(str(seg_path), skip_voxels=True)
