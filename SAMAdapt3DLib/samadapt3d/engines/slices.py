@@ -63,7 +63,8 @@ class SliceEngine:
 
     def __init__(self, model: SliceModel, cache_bytes: int = 512 << 20, box_margin: float = 0.1,
                  min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35,
-                 max_level_change: float = 0.12, same_object: float = 0.5) -> None:
+                 max_level_change: float = 0.12, same_object: float = 0.5,
+                 decode_cache_bytes: int = 128 << 20) -> None:
         self.model = model.eval()
         self.cache_bytes = int(cache_bytes)
         self.box_margin = box_margin
@@ -78,6 +79,10 @@ class SliceEngine:
         #: image (the same scan re-oriented or loaded again) are not embedded twice
         self._cache: OrderedDict[tuple, _SliceData] = OrderedDict()
         self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
+        #: (id of the slice data, box) -> (logits, IoU, slice data kept alive so the id stays unique)
+        self._decoded: OrderedDict[tuple, tuple[np.ndarray, float, _SliceData]] = OrderedDict()
+        self._decoded_used = 0
+        self.decode_cache_bytes = int(decode_cache_bytes)
         self._cache_used = 0
         #: the slicing axis of the latest run (model axis)
         self.last_axis: int | None = None
@@ -136,7 +141,7 @@ class SliceEngine:
         slice2d = None
         if key is None:
             slice2d = np.ascontiguousarray(np.take(self.image, index, axis=axis))
-            key = (slice2d.shape, hashlib.blake2b(slice2d.tobytes(), digest_size=16).digest())
+            key = self._content_key(axis, index, slice2d)
             self._keys[(axis, index)] = key
         hit = self._cache.get(key)
         if hit is not None:
@@ -168,14 +173,42 @@ class SliceEngine:
             self._cache_used -= old.nbytes
         return data
 
+    def _content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
+        """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
+        neighbours (`slice_context`, 3D adapters) the neighbours too, in order."""
+        context = int(getattr(self.model, "slice_context", 0) or 0) if hasattr(self.model, "embed_in_volume") else 0
+        digest = hashlib.blake2b(digest_size=16)
+        lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
+        for k in range(lo, hi + 1):
+            digest.update(slice2d.tobytes() if k == index else np.ascontiguousarray(np.take(self.image, k, axis=axis)).tobytes())
+        return (slice2d.shape, index - lo, hi - lo, digest.digest())
+
     def predict_boxes(self, data: _SliceData, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes [N, 4] (r0, c0, r1, c1 inclusive, slice pixels) -> logits [N, rows, cols], IoU [N]."""
+        """Boxes [N, 4] (r0, c0, r1, c1 inclusive, slice pixels) -> logits [N, rows, cols], IoU [N].
+        Results are kept in a small LRU (per slice content and box), so a re-run after one more click
+        decodes only the slices whose prompt changed."""
         model = self.model
         tr = data.transform
-        mboxes = np.stack([model.box_to_model(tr, *b) for b in np.asarray(boxes, np.float64).reshape(-1, 4)])
-        logits, iou = model.decode(data.embedding, boxes=torch.as_tensor(mboxes, dtype=torch.float32))
-        logits = model.mask_to_slice(tr, logits[:, :1].float().cpu())[:, 0]
-        return logits.numpy(), iou[:, 0].float().cpu().numpy()
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        keys = [(id(data), tuple(float(v) for v in b)) for b in boxes]
+        todo = [n for n, key in enumerate(keys) if key not in self._decoded]
+        if todo:
+            mboxes = np.stack([model.box_to_model(tr, *boxes[n]) for n in todo])
+            logits, iou = model.decode(data.embedding, boxes=torch.as_tensor(mboxes, dtype=torch.float32))
+            logits = model.mask_to_slice(tr, logits[:, :1].float().cpu())[:, 0].numpy()
+            iou = iou[:, 0].float().cpu().numpy()
+            for m, n in enumerate(todo):
+                self._decoded[keys[n]] = (logits[m].copy(), float(iou[m]), data)
+                self._decoded_used += logits[m].nbytes
+            self.stats["decoded"] = self.stats.get("decoded", 0) + len(todo)
+        out = []
+        for key in keys:
+            self._decoded.move_to_end(key)
+            out.append(self._decoded[key])
+        while self._decoded_used > self.decode_cache_bytes and len(self._decoded) > len(keys):
+            _, old = self._decoded.popitem(last=False)
+            self._decoded_used -= old[0].nbytes
+        return np.stack([o[0] for o in out]), np.asarray([o[1] for o in out], np.float32)
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
