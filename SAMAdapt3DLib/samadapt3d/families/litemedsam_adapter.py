@@ -48,7 +48,7 @@ class LiteMedSAMAdapterConfig:
     #: adapter bottleneck width
     adapter_dim: int = 32
     #: neighbouring slices on each side that a slice is embedded with at inference (stack = 2 * context + 1)
-    slice_context: int = 2
+    slice_context: int = 1
     #: also train the mask decoder (the prompt encoder and the TinyViT stay frozen)
     train_decoder: bool = True
 

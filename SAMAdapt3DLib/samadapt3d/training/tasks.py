@@ -44,6 +44,11 @@ class Sam3DTask(Task):
     name = "sam3d-adapter"
 
     def __init__(self, model, sam_checkpoint: str | os.PathLike | None = None, clicks: int = 3) -> None:
+        from ..families.sam3d.model import ACTIVE_PROMPT_ENCODER
+
+        model.set_trainable()
+        for i, encoder in enumerate(model.prompt_encoders):  # only one prompt encoder is used (and trained)
+            encoder.requires_grad_(i == ACTIVE_PROMPT_ENCODER)
         self.model = model
         self.sam_checkpoint = sam_checkpoint
         self.clicks = clicks
@@ -167,11 +172,6 @@ def build_task(model_name: str, init: str | os.PathLike | None = None, sam_check
         else:
             raise InputError("sam3d-adapter needs a start: --sam-checkpoint sam_vit_b_01ec64.pth, --init "
                              "CHECKPOINT (.pth.tar / .safetensors), or --config tiny|small (random weights)")
-        model.set_trainable()
-        from ..families.sam3d.model import ACTIVE_PROMPT_ENCODER
-
-        for i, encoder in enumerate(model.prompt_encoders):  # only one prompt encoder is used (and trained)
-            encoder.requires_grad_(i == ACTIVE_PROMPT_ENCODER)
         if crop is not None and tuple(crop) != tuple(model.crop_size):
             raise InputError(f"the 3DSAM-adapter network takes {tuple(model.crop_size)} crops; --crop {tuple(crop)} "
                              f"does not fit it")

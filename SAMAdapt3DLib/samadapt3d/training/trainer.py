@@ -8,6 +8,7 @@ uninterrupted run would take.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -141,7 +142,7 @@ class _Trainer:
         self.emit = (progress if info.is_main else None) or (lambda event: None)
         self.stop = stop or threading.Event()
         self.show_bar = show_bar and info.is_main
-        self.out = Path(config.out)
+        self.out = Path(config.out).expanduser().resolve()  # events name absolute paths
 
     # ---- setup ------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -306,7 +307,9 @@ class _Trainer:
         return False
 
     def _step(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> float:
-        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        amp = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None
+               else contextlib.nullcontext())  # (a disabled CUDA autocast warns on CPU-only machines)
+        with amp:
             logits, target = self.task.logits(self.ddp, image, mask, rng)
             loss = dice_ce_loss(logits, target)
         if not torch.isfinite(loss):
