@@ -56,11 +56,13 @@ def test_tiny_adapter_trains_saves_reloads_and_runs_in_the_engine(tmp_path):
     assert isinstance(reloaded, LiteMedSAMAdapter) and reloaded.config == LiteMedSAMAdapterConfig.tiny()
     volume = np.random.default_rng(1).normal(0, 25, (6, 40, 40)).astype(np.float32)
     volume[1:5, 12:28, 14:30] += 150
-    prompts = ModelPrompts(box=(np.array([2, 12, 14]), np.array([3, 27, 29])))
+    prompts = ModelPrompts(box=(np.array([2, 12, 14]), np.array([2, 27, 29])))  # one slice: the hook at work
     probs = []
     for model in (trained, reloaded):
         engine = SliceEngine(model)
         engine.set_image(volume)
         probs.append(engine.run(prompts))
-        assert engine.stats["embedded"] >= 2
+        assert engine.stats["embedded"] == 1
+    assert probs[0].shape == volume.shape and 0.0 <= probs[0].min() and probs[0].max() <= 1.0
+    assert not probs[0][[0, 1, 3, 4, 5]].any()
     np.testing.assert_array_equal(probs[0], probs[1])
