@@ -10,7 +10,7 @@ def sample_clicks(mask: torch.Tensor, count: int, rng: np.random.Generator) -> t
     """Clicks [B, count, 3] (float voxel indices along D, H, W) drawn uniformly from each mask [B, 1, D, H, W]
     (an empty mask gets clicks at the crop centre: the caller avoids that for click-prompted models)."""
     out = []
-    for m in mask[:, 0]:
+    for m in mask[:, 0].detach().cpu():  # on the CPU: the generator and the fallback clicks live there
         fg = torch.nonzero(m > 0.5)
         if len(fg) == 0:
             out.append(torch.tensor([[(s - 1) / 2 for s in m.shape]] * count))
@@ -23,7 +23,7 @@ def sample_clicks(mask: torch.Tensor, count: int, rng: np.random.Generator) -> t
 def centre_click(mask: torch.Tensor) -> torch.Tensor:
     """A deterministic click per mask [B, 1, D, H, W]: the foreground voxel nearest its centroid -> [B, 1, 3]."""
     out = []
-    for m in mask[:, 0]:
+    for m in mask[:, 0].detach().cpu():
         fg = torch.nonzero(m > 0.5).float()
         if len(fg) == 0:
             out.append(torch.tensor([[(s - 1) / 2 for s in m.shape]]))
