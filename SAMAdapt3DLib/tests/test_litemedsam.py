@@ -263,14 +263,29 @@ def test_session_slices_along_the_acquisition_axis_or_the_view_axis(model):
     # acquisition along i; a soft-tissue block in air
     array = np.full((12, 4, 3), -1000.0, np.float32)
     array[2:10, 1:3, :] = 40.0
-    session = InteractiveSession(model)
+    from samadapt3d.errors import CancelledError
+
+    session = None
+
+    def cancel_once_started(fraction, message):  # the axis is chosen before any slice: stop there (cheap)
+        if message == "segmenting":
+            session.cancel()
+
+    session = InteractiveSession(model, progress=cancel_once_started)
     session.set_image(Volume(array, spacing=(5.0, 2.0, 1.0)))
     assert session.engine.spacing == (1.0, 2.0, 5.0)  # (D, H, W) = (k, j, i): the volume's own spacing
     assert session.engine.default_axis() == 2
-    session.add_point((1, 2, 5))
+    embedded = session.engine.stats["embedded"]
+    with pytest.raises(CancelledError):
+        session.add_point((1, 2, 5))
     assert session.engine.last_axis == 2  # no view: the largest-spacing axis
-    session.add_point((1, 1, 6), view_axis=1)
+    with pytest.raises(CancelledError):
+        session.add_point((1, 1, 6), view_axis=1)
     assert session.engine.last_axis == 1  # a click from the view normal to j slices along j
+    with pytest.raises(CancelledError):
+        session.add_point((1, 1, 6), view_axis=2)
+    assert session.engine.last_axis == 0  # the view normal to k: along k (array axis 0)
+    assert session.engine.stats["embedded"] == embedded and not session.prompts  # cancelled: nothing ran or changed
 
 
 def test_demo_without_slicerio_names_the_extra(monkeypatch):
