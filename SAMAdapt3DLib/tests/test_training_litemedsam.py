@@ -39,6 +39,33 @@ def test_zero_adapters_equal_the_wheel_litemedsam():
     assert torch.equal(a, b) and torch.equal(ia, ib)
 
 
+def test_wheel_based_file_holds_only_trainable_tensors_and_checks_the_base(tmp_path):
+    try:
+        litemedsam.wheel_checkpoint_path()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(str(exc))
+    from samadapt3d.checkpoints import load_weights, read_safetensors_metadata, save_safetensors
+    from samadapt3d.errors import CheckpointError
+    from samadapt3d.families.litemedsam_adapter import export_safetensors
+
+    model = from_litemedsam()
+    with torch.no_grad():  # as if trained
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    path = tmp_path / "lung.safetensors"
+    export_safetensors(model, path)
+    stored = load_weights(path)
+    assert set(stored) == set(model.trainable_state()) and not any(k.startswith("image_encoder.patch") for k in stored)
+    reloaded = load_model(path)
+    assert all(torch.equal(v, reloaded.state_dict()[k]) for k, v in model.state_dict().items())
+    meta = read_safetensors_metadata(path)
+    meta["base"] = meta["base"].replace(litemedsam.WHEEL_SHA256, "0" * 64)
+    save_safetensors(stored, tmp_path / "other.safetensors", meta)
+    with pytest.raises(CheckpointError, match="LiteMedSAM base"):
+        load_model(tmp_path / "other.safetensors")
+
+
 def test_tiny_adapter_trains_saves_reloads_and_runs_in_the_engine(tmp_path):
     data = write_spheres(tmp_path / "data", 2, shape=(12, 32, 32), seed=5, radius=(2.5, 3.5))
     events = []

@@ -288,8 +288,6 @@ class _Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
         if bar is not None:
             bar.close()
-        if self.stop.is_set() and not losses:
-            return True
         train_loss = distributed.mean_over_ranks(float(np.mean(losses)) if losses else float("nan"), info)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, "lr": self.sched.get_last_lr()[0]}
         if info.is_main and self.val_cases:
