@@ -487,7 +487,8 @@ class _Run:
 
     def execute(self) -> np.ndarray:
         anchors: list[tuple[int, np.ndarray]] = []
-        self._segment_excluded()
+        if len(self.pos) or self.box is not None:  # negatives alone have nothing to cut from
+            self._segment_excluded()
         if self.box is not None:
             k = int(round((self.box[0][0] + self.box[1][0]) / 2))
             self._tick(f"slice {k}")
