@@ -182,6 +182,22 @@ def test_negative_click_removes_a_leak(session, case):
     assert dice(after, good) >= dice(before, good)
 
 
+def test_refining_a_segment_with_negative_clicks_only(session, case):
+    """Refining (Slicer: a segment that already has voxels): a seed holding both lungs and a negative click in
+    the left one must keep the seed's right lung and cut the left lung out, not return an empty mask."""
+    _, truth = case
+    right, left = truth["right lung"], truth["left lung"]
+    seed = right | left
+    session.set_seed_mask(seed)
+    j, i = _deepest(left[left.sum(axis=(1, 2)).argmax()])
+    k = int(left.sum(axis=(1, 2)).argmax())
+    after = np.asarray(session.add_point((int(i), int(j), k), positive=False))
+    assert (after & right).sum() >= 0.95 * right.sum()
+    assert (after & left).sum() <= 0.5 * left.sum()
+    assert not (after & ~seed).any()  # a negative click only removes
+    np.testing.assert_array_equal(session.undo(), seed)
+
+
 def test_cancel_and_cache(session, engine, lung_masks):
     import threading
 

@@ -24,6 +24,9 @@ How a run works (all in model space, [D, H, W]):
    slice loses the pixels nearer to the negative than to a positive click (the whole 2D component when
    no positive shares it). At the end every 3D component that holds a negative click and no positive
    click is removed.
+5. Seed (refining an existing segment): the result is the seed united with what the clicks found; the
+   negative clicks cut the seed as in 4, one 2D component of the seed at a time (a negative on one
+   object of the seed leaves its other objects alone), and a 3D box bounds it.
 Per-slice image embeddings are kept in an LRU cache bounded in bytes and keyed by the slice's content, so
 later clicks are fast, also after `set_image` with the same scan re-oriented or loaded again.
 """
@@ -124,7 +127,9 @@ class SliceEngine:
             raise InputError(f"view_axis must be 0, 1 or 2, got {prompts.view_axis}")
         self._check_inside(prompts)
         self.last_axis = axis
-        run = _Run(self, axis, prompts, progress, cancel)
+        if seed is not None and np.shape(seed) != shape:
+            raise InputError(f"seed mask shape {np.shape(seed)} does not match the image {shape}")
+        run = _Run(self, axis, prompts, progress, cancel, seed=seed)
         prob = run.execute()
         return np.moveaxis(prob, 0, axis)
 
@@ -249,7 +254,8 @@ def _label(mask: np.ndarray) -> np.ndarray:
 class _Run:
     """One `run` call: prompts mapped onto slices along `axis`, anchors, propagation."""
 
-    def __init__(self, engine: SliceEngine, axis: int, prompts: ModelPrompts, progress, cancel) -> None:
+    def __init__(self, engine: SliceEngine, axis: int, prompts: ModelPrompts, progress, cancel,
+                 seed: np.ndarray | None = None) -> None:
         self.e = engine
         self.axis = axis
         self.progress = progress
@@ -266,6 +272,8 @@ class _Run:
             hi = np.clip(np.round(hi).astype(int), 0, np.asarray([self.n, *self.plane]) - 1)
             self.box = (lo, hi)
         self.prob = np.zeros((self.n, *self.plane), np.float32)
+        #: an existing segment being refined, slices along axis 0 (see `execute`)
+        self.seed = None if seed is None else np.moveaxis(np.asarray(seed, dtype=bool), axis, 0)
         self.done = 0
         #: slices holding a positive prompt (clicks; a box's middle slice)
         self.anchor_slices = sorted({int(k) for k in self.pos[:, 0]} | (
@@ -487,7 +495,7 @@ class _Run:
 
     def execute(self) -> np.ndarray:
         anchors: list[tuple[int, np.ndarray]] = []
-        if len(self.pos) or self.box is not None:  # negatives alone have nothing to cut from
+        if len(self.pos) or self.box is not None or self.seed is not None:  # negatives alone cut nothing
             self._segment_excluded()
         if self.box is not None:
             k = int(round((self.box[0][0] + self.box[1][0]) / 2))
@@ -513,6 +521,19 @@ class _Run:
         for k, mask in anchors:
             self._propagate(k, mask, +1)
             self._propagate(k, mask, -1)
+        if self.seed is not None:  # refining: the seed joins what the clicks found, negatives cut both
+            for k in np.flatnonzero(self.seed.reshape(self.n, -1).any(axis=1)):
+                # component by component: a negative on one object of the seed leaves its other objects alone
+                labels = _label(self.seed[k])
+                kept = np.zeros(self.plane, bool)
+                for lab in range(1, int(labels.max()) + 1):
+                    kept |= self._apply_negatives(int(k), labels == lab)
+                if self.box is not None:
+                    r0, c0, r1, c1 = self._plane_box()
+                    inside = np.zeros_like(kept)
+                    inside[r0:r1 + 1, c0:c1 + 1] = True
+                    kept &= inside if self._in_range(int(k)) else False
+                self.prob[k] = np.maximum(self.prob[k], kept.astype(np.float32))
         self._remove_negative_components()
         if self.progress is not None:
             self.progress(1.0, "done")
