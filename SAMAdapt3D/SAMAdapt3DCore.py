@@ -1,5 +1,5 @@
 """The module's engine room, without Qt: scene -> request (main thread), request -> mask (worker thread),
-mask -> segment (main thread). SAMAdapt3D.py's Logic adds the worker thread and the GUI around it; tests drive this
+mask -> segment (main thread). SAMAdapt3DLogic.py adds the worker thread and the GUI around it; tests drive this
 class directly against a slicer-core scene.
 
 The scene's markups are the truth for prompts: every change (placed, moved, deleted) is turned into the list of

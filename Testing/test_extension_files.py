@@ -6,6 +6,8 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SAMAdapt3D"
 
@@ -40,7 +42,7 @@ def test_widgets_used_by_the_module_exist_in_the_ui_file():
 def test_parameter_names_in_the_ui_match_the_parameter_node():
     tree = ET.parse(MODULE / "Resources/UI/SAMAdapt3D.ui")
     params = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
-    source = (MODULE / "SAMAdapt3D.py").read_text()
+    source = (MODULE / "SAMAdapt3DLogic.py").read_text()  # the parameter node's fields
     for name in params:
         assert re.search(rf"^\s+{name}: ", source, re.M), name
 
@@ -64,9 +66,20 @@ def test_bridge_and_core_import_no_gui():
         assert "slicer.app" not in code and "slicer.util" not in code and "mrmlScene" not in code
 
 
-def test_module_installs_nothing_at_import():
-    imports, text = _imports(MODULE / "SAMAdapt3D.py")
+@pytest.mark.parametrize("name", ["SAMAdapt3D.py", "SAMAdapt3DLogic.py", "SAMAdapt3DSelfTest.py"])
+def test_module_installs_nothing_at_import(name):
+    _, text = _imports(MODULE / name)
     top = ast.parse(text).body
     top_imports = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
-    assert "torch" not in top_imports and "samadapt3d" not in top_imports
+    top_imports |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
+    assert not {"torch", "samadapt3d"} & {m.split(".")[0] for m in top_imports if m}
     assert not any(isinstance(n, ast.Expr) and "pip_install" in ast.unparse(n) for n in top)
+
+
+def test_slicer_finds_logic_and_test_in_the_module_file():
+    """Slicer looks up <Module>Logic / <Module>Test in the module's own namespace."""
+    tree = ast.parse((MODULE / "SAMAdapt3D.py").read_text())
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"SAMAdapt3D", "SAMAdapt3DWidget"} <= defined
+    assert {"SAMAdapt3DLogic", "SAMAdapt3DTest"} <= imported
