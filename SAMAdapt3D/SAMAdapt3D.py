@@ -1,10 +1,11 @@
 """SAMAdapt3D: interactive, prompted 3D segmentation with adapter-augmented Segment Anything models.
 
-This file holds the Module (metadata) and the Widget (UI wiring only). The Logic (dependencies, model, worker thread,
-scene writes, fine-tuning) is in SAMAdapt3DLogic.py, the self-test in SAMAdapt3DSelfTest.py; both are imported here,
-where Slicer looks for them. Geometry and scene conversions live in SAMAdapt3DSceneBridge.py, the Qt-free
-request -> session -> segment flow in SAMAdapt3DCore.py, fine-tuning's export and process in SAMAdapt3DTraining.py;
-those are tested headless with slicer-core (Testing/).
+This file holds the Module (metadata) and the Widget (UI wiring only). Everything else is in the package
+SAMAdapt3DSlicerLib (Slicer's module scanner takes every .py file beside this one for a module, so helpers live in a
+package): the Logic (dependencies, model, worker thread, scene writes, fine-tuning) in logic.py and the self-test in
+self_test.py, both imported here, where Slicer looks for them; geometry and scene conversions in scene_bridge.py, the
+Qt-free request -> session -> segment flow in core.py, fine-tuning's export and child process in training.py; those
+three are tested headless with slicer-core (Testing/).
 Nothing is installed at import time: torch and samadapt3d are imported only after the dependency check.
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from SAMAdapt3DLogic import DEBOUNCE_MS, DEVICES, SAMAdapt3DLogic
-from SAMAdapt3DSelfTest import SAMAdapt3DTest  # noqa: F401  (Slicer finds <Module>Test in this module)
+from SAMAdapt3DSlicerLib.logic import DEBOUNCE_MS, DEVICES, SAMAdapt3DLogic
+from SAMAdapt3DSlicerLib.self_test import SAMAdapt3DTest  # noqa: F401  (Slicer finds <Module>Test in this module)
 
 __all__ = ["SAMAdapt3D", "SAMAdapt3DWidget", "SAMAdapt3DLogic", "SAMAdapt3DTest"]
 
@@ -228,7 +229,7 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or not p.segmentation:
             return
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         segmentID = bridge.add_segment(p.segmentation, "")
         p.segmentID = segmentID

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 import vtk
 
-import SAMAdapt3DCore as core
-import SAMAdapt3DSceneBridge as bridge
+from SAMAdapt3DSlicerLib import core
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
 from samadapt3d.families.base import CropModel
 from samadapt3d.preprocess import Preset
 from samadapt3d.volume import Volume

@@ -10,11 +10,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "SAMAdapt3D"
+LIB = MODULE / "SAMAdapt3DSlicerLib"
 
 
 def test_module_cmake_lists_every_script_and_resource():
     text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "SAMAdapt3D")
-    scripts = {p.name for p in MODULE.glob("*.py")}
+    scripts = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
     resources = {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
     listed = set(re.findall(r"[\w/]+\.(?:py|png|ui)", text))
     assert scripts <= listed, scripts - listed
@@ -42,7 +43,7 @@ def test_widgets_used_by_the_module_exist_in_the_ui_file():
 def test_parameter_names_in_the_ui_match_the_parameter_node():
     tree = ET.parse(MODULE / "Resources/UI/SAMAdapt3D.ui")
     params = {p.findtext("string") for p in tree.iter("property") if p.get("name") == "SlicerParameterName"}
-    source = (MODULE / "SAMAdapt3DLogic.py").read_text()  # the parameter node's fields
+    source = (LIB / "logic.py").read_text()  # the parameter node's fields
     for name in params:
         assert re.search(rf"^\s+{name}: ", source, re.M), name
 
@@ -59,16 +60,16 @@ def _imports(path):
 
 
 def test_bridge_and_core_import_no_gui():
-    for name in ("SAMAdapt3DSceneBridge.py", "SAMAdapt3DCore.py", "SAMAdapt3DTraining.py"):
-        imports, text = _imports(MODULE / name)
+    for name in ("scene_bridge.py", "core.py", "training.py"):
+        imports, text = _imports(LIB / name)
         assert not imports & {"qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "PythonQt"}, imports
         code = re.sub(r'""".*?"""', "", text, flags=re.S)  # docstrings may name what is avoided
         assert "slicer.app" not in code and "slicer.util" not in code and "mrmlScene" not in code
 
 
-@pytest.mark.parametrize("name", ["SAMAdapt3D.py", "SAMAdapt3DLogic.py", "SAMAdapt3DSelfTest.py"])
-def test_module_installs_nothing_at_import(name):
-    _, text = _imports(MODULE / name)
+@pytest.mark.parametrize("path", ["SAMAdapt3D.py", "SAMAdapt3DSlicerLib/logic.py", "SAMAdapt3DSlicerLib/self_test.py"])
+def test_module_installs_nothing_at_import(path):
+    _, text = _imports(MODULE / path)
     top = ast.parse(text).body
     top_imports = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
     top_imports |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
@@ -83,3 +84,9 @@ def test_slicer_finds_logic_and_test_in_the_module_file():
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     assert {"SAMAdapt3D", "SAMAdapt3DWidget"} <= defined
     assert {"SAMAdapt3DLogic", "SAMAdapt3DTest"} <= imported
+
+
+def test_only_the_module_file_lies_where_slicer_scans_for_modules():
+    """Slicer's scripted-module factory loads every .py file in the module folder as a module named after the file
+    (a helper there fails to load, or worse, a class of that name is instantiated as a module)."""
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["SAMAdapt3D.py"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import SAMAdapt3DCore as core
-import SAMAdapt3DSceneBridge as bridge
+from SAMAdapt3DSlicerLib import core
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
 from samadapt3d.automatic import segment_all_classes
 from samadapt3d.errors import InputError, SAMAdapt3DError
 from samadapt3d.families.samed import SYNAPSE_CLASSES, SAMedModel

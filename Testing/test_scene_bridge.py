@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import vtk
 
-import SAMAdapt3DSceneBridge as bridge
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
 import slicer
 from samadapt3d.volume import Volume
 

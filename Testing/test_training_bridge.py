@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import SAMAdapt3DSceneBridge as bridge
-import SAMAdapt3DTraining as training
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
+from SAMAdapt3DSlicerLib import training
 from samadapt3d.errors import InputError
 from samadapt3d.labels import read_labels
 from samadapt3d.volume import Volume

@@ -1,7 +1,6 @@
 """SAMAdapt3D's Logic and parameter node: dependencies, model loading, the worker thread, scene writes and
 fine-tuning runs. Reads no widgets. SAMAdapt3D.py imports the Logic into the module's namespace, where Slicer
-expects it; the Qt-free parts it drives live in SAMAdapt3DCore.py, SAMAdapt3DSceneBridge.py and
-SAMAdapt3DTraining.py.
+expects it; the Qt-free parts it drives live in core.py, scene_bridge.py and training.py of this package.
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ try:
 except ImportError:  # Slicer < 5.2
     parameterNodeWrapper = None
 
-MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+#: the module folder (SAMAdapt3D/), one above this package
+MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the library in this repository (SAMAdapt3DLib next to the module folder)
 LIBRARY_DIR = os.path.normpath(os.path.join(MODULE_DIR, os.pardir, "SAMAdapt3DLib"))
 TORCH_REQUIREMENT = ">=2.1"
@@ -189,7 +189,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         if not model or model == "litemedsam":
             return ""
         if self._segmenter is not None and self._segmenter.model is not None:
-            import SAMAdapt3DCore as core
+            from SAMAdapt3DSlicerLib import core
 
             if not core.is_heavy(self._segmenter.model):
                 return ""
@@ -205,7 +205,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
     def segmenter(self):
         if self._segmenter is None:
-            import SAMAdapt3DCore as core
+            from SAMAdapt3DSlicerLib import core
 
             self._segmenter = core.Segmenter(progress=self._threadProgress)
         return self._segmenter
@@ -293,7 +293,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _setBoxFromIndex(roi, volumeNode, lo, hi):
         import numpy as np
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         m = bridge.ijk_to_world_ras_matrix(volumeNode)
         corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
@@ -339,7 +339,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         if self.busy():
             self._pending = (p, action, viewSliceNode, segmentEditorNode)
             return False
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         if action == "undo" and self._lastClassWrite is not None:
             self.undoClasses()
@@ -427,7 +427,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
                 self.run(*pending)
 
     def _apply(self, job, mask):
-        import SAMAdapt3DCore as core
+        from SAMAdapt3DSlicerLib import core
 
         p, request = job["p"], job["request"]
         notes = list(request.messages) if request is not None else []
@@ -448,7 +448,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
     def _applyClasses(self, job, labels, names):
         """Main thread: one segment per class, remembered for one undo."""
-        import SAMAdapt3DCore as core
+        from SAMAdapt3DSlicerLib import core
 
         p = job["p"]
         self.saveSegmentEditorUndoState(p.segmentation)
@@ -458,7 +458,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         return write
 
     def undoClasses(self):
-        import SAMAdapt3DCore as core
+        from SAMAdapt3DSlicerLib import core
 
         write, volumeNode, segmentationNode = self._lastClassWrite
         self._lastClassWrite = None
@@ -499,7 +499,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         return os.path.join(os.path.expanduser("~"), "SAMAdapt3D-finetune")
 
     def addTrainingCase(self, volumeNode, segmentationNode, segmentID):
-        import SAMAdapt3DTraining as training
+        from SAMAdapt3DSlicerLib import training
 
         self.trainingCases.append(training.TrainingCase(volumeNode, segmentationNode, segmentID))
         segment = segmentationNode.GetSegmentation().GetSegment(segmentID)
@@ -512,7 +512,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         """Export the cases and start `samadapt3d train` in a separate process; progress goes to fineTuneCallback."""
         import time
 
-        import SAMAdapt3DTraining as training
+        from SAMAdapt3DSlicerLib import training
 
         if self._trainingJob is not None and self._trainingJob.running:
             raise RuntimeError("a fine-tuning run is already going")
@@ -534,7 +534,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             threading.Thread(target=self._trainingJob.cancel, daemon=True).start()
 
     def _pollTraining(self):
-        import SAMAdapt3DTraining as training
+        from SAMAdapt3DSlicerLib import training
 
         if self._trainingJob is None:
             self._trainingTimer.stop()
@@ -553,7 +553,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             self._fineTune("progress", training.describe_progress(event), fraction)
 
     def _finishFineTune(self, exitEvent):
-        import SAMAdapt3DTraining as training
+        from SAMAdapt3DSlicerLib import training
 
         if exitEvent.get("cancelled"):
             self._fineTune("cancelled", f"Stopped. Checkpoints and log are in {os.path.dirname(self._trainingOut)}.")
@@ -580,7 +580,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     # ---- synchronous API (tests, scripting) -------------------------------------------------------------
     def segmentNow(self, p, action="sync", viewAxis=None, segmentEditorNode=None):
         """Load the model if needed, run in this thread and write the segment. Returns the WriteResult or None."""
-        import SAMAdapt3DCore as core
+        from SAMAdapt3DSlicerLib import core
 
         segmenter = self.segmenter()
         if segmenter.model is None or segmenter.model_key != self.modelKey(p):
@@ -595,8 +595,8 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
     def segmentClassesNow(self, p):
         """Multi-class models: load if needed, segment every class in this thread, write one segment per class.
-        Returns the ClassWrite (see SAMAdapt3DCore)."""
-        import SAMAdapt3DSceneBridge as bridge
+        Returns the ClassWrite (see core.py)."""
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         segmenter = self.segmenter()
         if segmenter.model is None or segmenter.model_key != self.modelKey(p):

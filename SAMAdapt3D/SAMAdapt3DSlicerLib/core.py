@@ -1,5 +1,5 @@
 """The module's engine room, without Qt: scene -> request (main thread), request -> mask (worker thread),
-mask -> segment (main thread). SAMAdapt3DLogic.py adds the worker thread and the GUI around it; tests drive this
+mask -> segment (main thread). logic.py adds the worker thread and the GUI around it; tests drive this
 class directly against a slicer-core scene.
 
 The scene's markups are the truth for prompts: every change (placed, moved, deleted) is turned into the list of
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import SAMAdapt3DSceneBridge as bridge
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
 #: models the module offers without a file (the library's embedded default first)
 DEFAULT_MODEL = "litemedsam"

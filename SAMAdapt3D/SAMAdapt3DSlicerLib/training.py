@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-import SAMAdapt3DSceneBridge as bridge
+from SAMAdapt3DSlicerLib import scene_bridge as bridge
 from samadapt3d.errors import InputError
 
 #: the families the module offers to fine-tune (`samadapt3d train --model ...`)

@@ -6,7 +6,7 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from SAMAdapt3DLogic import SAMAdapt3DLogic
+from SAMAdapt3DSlicerLib.logic import SAMAdapt3DLogic
 
 
 #
@@ -29,7 +29,7 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
     def test_SceneBridge(self):
         """Volume geometry and a RAS click through the bridge agree with Slicer's IJKToRAS."""
         import numpy as np
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         self.delayDisplay("Scene bridge")
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
@@ -48,7 +48,7 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         finished neighbouring segment stays untouched under the Segment Editor's "outside all segments" masking."""
         import numpy as np
         import SampleData
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         logic = SAMAdapt3DLogic()
         missing = logic.missingDependencies()
@@ -125,7 +125,7 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         after the class; an existing segment of a class's name is reused; undo puts everything back."""
         import numpy as np
         import torch
-        import SAMAdapt3DSceneBridge as bridge
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
         from samadapt3d.families.samed import SAMedModel
 
         logic = SAMAdapt3DLogic()
