@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="data loader processes (default 0)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="sam3d-adapter: recompute encoder blocks in the backward (far less memory, ~1/3 slower)")
     p.add_argument("--progress-json", action="store_true", help="print one JSON object per event on stdout")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help=f"continue a stopped run (default: {CHECKPOINT_NAME} in --out); its options are reused, "
@@ -67,7 +69,7 @@ def _crop(text: str | None) -> tuple[int, int, int] | None:
     return tuple(values)  # type: ignore[return-value]
 
 
-_OVERRIDABLE = ("epochs", "device", "workers", "out")
+_OVERRIDABLE = ("epochs", "device", "workers", "out", "checkpoint_activations")
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
@@ -79,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
     given = {k: v for k, v in given.items() if v is not None}
     if args.no_augment:
         given["augment"] = False
+    if args.checkpoint_activations:
+        given["checkpoint_activations"] = True
     if args.resume is not None:
         path = Path(args.resume or given.get("out") or "samadapt3d-train")
         path = path / CHECKPOINT_NAME if path.is_dir() else path

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-limit-gb", type=float, default=0.0)
+    p.add_argument("--checkpoint-activations", action="store_true", help="sam3d-adapter: recompute encoder blocks")
     args = p.parse_args(argv)
     if args.memory_limit_gb:
         limit = int(args.memory_limit_gb * 2**30)
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Sam3DAdapterConfig.tiny() if args.config == "tiny" else bench_config(args.config, 128)
         model = SAM3DAdapter(config)
         model.set_trainable()
+        model.image_encoder.checkpoint_blocks = args.checkpoint_activations
         task = Sam3DTask(model)
         shape = tuple(model.crop_size)
     else:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append((round(t1 - t0, 2), round(time.perf_counter() - t1, 2)))
         print(f"step {step}: forward {times[-1][0]} s, backward+AdamW {times[-1][1]} s", flush=True)
     print(json.dumps({"model": args.model, "config": args.config, "input": list(shape), "device": str(device),
+                      "checkpoint_activations": bool(args.checkpoint_activations),
                       "threads": torch.get_num_threads(), "steps_s": times, "peak_gib": round(_peak_gib(device), 2),
                       "trainable": sum(q.numel() for q in params), "parameters": sum(q.numel() for q in net.parameters())}))
     return 0

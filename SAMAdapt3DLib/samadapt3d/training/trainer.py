@@ -66,6 +66,9 @@ class TrainConfig:
     workers: int = 0
     cache_dir: str | None = None
     amp: bool = True
+    #: sam3d-adapter: recompute each encoder block in the backward instead of storing its activations
+    #: (much less memory, about one more forward of time)
+    checkpoint_activations: bool = False
     nsd_tolerance_mm: float = 2.0
     name: str | None = None
 
@@ -151,6 +154,11 @@ class _Trainer:
             raise InputError("epochs and batch size must be at least 1 and the learning rate positive")
         cases = find_cases(cfg.data)
         self.task = build_task(cfg.model, cfg.init, cfg.sam_checkpoint, cfg.config, cfg.crop, cfg.seed)
+        if cfg.checkpoint_activations:
+            encoder = getattr(self.task.model, "image_encoder", None)
+            if not hasattr(encoder, "checkpoint_blocks"):
+                raise InputError(f"--checkpoint-activations is not available for {cfg.model}")
+            encoder.checkpoint_blocks = True
         model = self.task.model.to(info.device)
         frozen_check(model, expected_trainable(self.task))
         cache = cfg.cache_dir or str(self.out / "cache")

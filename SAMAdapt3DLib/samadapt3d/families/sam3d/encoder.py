@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...sam.common import LayerNorm3d, MLPBlock
 from ...sam.image_encoder import PatchEmbed, get_rel_pos
@@ -185,6 +186,9 @@ class ImageEncoder3D(nn.Module):
         self.depth_embed = nn.Parameter(torch.ones(1, config.depth_tokens, dim))
         self.blocks = nn.ModuleList(Block3D(config, i) for i in range(config.depth))
         self.neck_3d = nn.ModuleList(make_neck(dim, config.neck_dim) for _ in range(4))
+        #: training only: keep each block's input, not its activations, and recompute the block in the backward
+        #: (a full ViT-B 128³ step otherwise holds ~1 GB of attention tensors per block)
+        self.checkpoint_blocks = False
 
     def embed_patches(self, crop_hwd: torch.Tensor) -> torch.Tensor:
         """Exact, cheap equivalent of the published chain: repeat to 3 channels, trilinear ×f upsample
@@ -217,8 +221,9 @@ class ImageEncoder3D(nn.Module):
         x = self.embed_patches(crop_hwd) + self.position_embedding()
         features = []
         every = len(self.blocks) // 4
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks, start=1):
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if index % every == 0 and len(features) < 4:
                 features.append(self.neck_3d[len(features)](x.permute(0, 4, 1, 2, 3)))
         return features
