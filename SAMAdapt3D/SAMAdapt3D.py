@@ -431,7 +431,8 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             self.logic.startFineTune(self.ui.trainOutputPathLineEdit.currentPath, self.ui.trainModelComboBox.currentText,
-                                     self.ui.epochsSpinBox.value, p.device if p is not None else "auto")
+                                     self.ui.epochsSpinBox.value, p.device if p is not None else "auto",
+                                     p.samCheckpoint if p is not None else None)
         except Exception as exc:  # bad cases or folder: a message, never a crash
             self.ui.fineTuneStatusLabel.text = f"Cannot fine-tune: {exc}"
             return

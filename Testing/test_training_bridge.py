@@ -66,6 +66,12 @@ def test_command_line_and_progress_lines(tmp_path):
     assert cmd[cmd.index("--target") + 1] == "tumour" and cmd[cmd.index("--epochs") + 1] == "3"
     with pytest.raises(InputError, match="cannot fine-tune"):
         training.training_command("a.csv", "t", "out", model="samed")
+    with pytest.raises(InputError, match="SAM base file"):
+        training.training_command("a.csv", "t", "out", model="sam3d-adapter")
+    sam = tmp_path / "sam_vit_b_01ec64.pth"
+    sam.write_bytes(b"x")
+    cmd = training.training_command("a.csv", "t", "out", model="sam3d-adapter", sam_checkpoint=sam)
+    assert cmd[cmd.index("--sam-checkpoint") + 1] == str(sam) and "--checkpoint-activations" in cmd
     event = training.parse_progress_line('{"event": "epoch", "epoch": 2, "epochs": 5, "val_dice": 0.8123}\n')
     assert training.describe_progress(event) == "epoch 2/5, val dice 0.812"
     assert training.parse_progress_line("plain text\n") == {"event": "log", "text": "plain text"}

@@ -508,7 +508,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     def clearTrainingCases(self):
         self.trainingCases = []
 
-    def startFineTune(self, outputFolder, model="litemedsam-adapter", epochs=20, device="auto"):
+    def startFineTune(self, outputFolder, model="litemedsam-adapter", epochs=20, device="auto", samCheckpoint=None):
         """Export the cases and start `samadapt3d train` in a separate process; progress goes to fineTuneCallback."""
         import time
 
@@ -516,10 +516,11 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
         if self._trainingJob is not None and self._trainingJob.running:
             raise RuntimeError("a fine-tuning run is already going")
+        training.check_training_options(model, epochs, samCheckpoint)
         run = os.path.join(outputFolder or self.defaultTrainingFolder(), time.strftime("run-%Y%m%d-%H%M%S"))
         csvPath, target = training.export_training_set(self.trainingCases, os.path.join(run, "data"))
         command = training.training_command(csvPath, target, os.path.join(run, "model"), model=model, epochs=epochs,
-                                            device=device)
+                                            device=device, sam_checkpoint=samCheckpoint)
         self._trainingOut = os.path.join(run, "model")
         self._trainingEvents = []
         self._trainingJob = training.TrainingJob(command, log_path=os.path.join(run, "training.log"))

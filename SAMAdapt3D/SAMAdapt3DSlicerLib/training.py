@@ -69,16 +69,28 @@ def export_training_set(cases: list[TrainingCase], out_dir: str | os.PathLike, t
 
 
 def training_command(data: str | os.PathLike, target: str, out_dir: str | os.PathLike, model: str = TRAINABLE_MODELS[0],
-                     epochs: int = 20, device: str = "auto", extra: list[str] | None = None,
-                     python: str | None = None) -> list[str]:
-    """The command line of `samadapt3d train` with machine-readable progress."""
+                     epochs: int = 20, device: str = "auto", sam_checkpoint: str | os.PathLike | None = None,
+                     extra: list[str] | None = None, python: str | None = None) -> list[str]:
+    """The command line of `samadapt3d train` with machine-readable progress. 3DSAM-adapter starts from the SAM
+    base file and recomputes its encoder blocks in the backward (a full ViT-B step otherwise needs > 16 GiB)."""
+    check_training_options(model, epochs, sam_checkpoint)
+    options = []
+    if model == "sam3d-adapter":
+        options = ["--sam-checkpoint", str(sam_checkpoint), "--checkpoint-activations"]
+    return [python or _python_executable(), "-m", "samadapt3d", "train", "--data", str(data), "--target", target,
+            "--model", model, "--out", str(out_dir), "--epochs", str(int(epochs)), "--device", device,
+            "--progress-json", *options, *(extra or [])]
+
+
+def check_training_options(model: str, epochs: int, sam_checkpoint: str | os.PathLike | None = None) -> None:
+    """Refuse a run that cannot start, before anything is exported."""
     if model not in TRAINABLE_MODELS:
         raise InputError(f"cannot fine-tune {model!r}; trainable: {', '.join(TRAINABLE_MODELS)}")
     if int(epochs) < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
-    return [python or _python_executable(), "-m", "samadapt3d", "train", "--data", str(data), "--target", target,
-            "--model", model, "--out", str(out_dir), "--epochs", str(int(epochs)), "--device", device,
-            "--progress-json", *(extra or [])]
+    if model == "sam3d-adapter" and (not sam_checkpoint or not Path(sam_checkpoint).is_file()):
+        raise InputError("fine-tuning 3DSAM-adapter starts from the SAM ViT-B file (sam_vit_b_01ec64.pth): "
+                         "set it as the SAM base file in the Model section")
 
 
 def _python_executable() -> str:
