@@ -216,7 +216,8 @@ class SliceEngine:
         return np.stack([o[0] for o in out]), np.asarray([o[1] for o in out], np.float32)
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def bbox_2d(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive (r0, c0, r1, c1) of a 2D mask, None when empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
@@ -403,7 +404,7 @@ class _Run:
                 mask = lg > 0
                 if not mask[pr, pc].all():
                     continue  # lost the click: drop this candidate
-                new = _grow(_bbox(mask), 0.15, self.plane, within)
+                new = _grow(bbox_2d(mask), 0.15, self.plane, within)
                 if round_ < CLICK_ROUNDS - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
                     grow.append(new)
                 else:
@@ -460,10 +461,10 @@ class _Run:
         within = self._plane_box()
         while self._in_range(k) and prev.sum() >= self.e.min_area:
             self._tick(f"slice {k}")
-            box = _grow(_bbox(prev), self.e.box_margin, self.plane, within)
+            box = _grow(bbox_2d(prev), self.e.box_margin, self.plane, within)
             logits, iou = self._predict(k, box)
             mask = logits > 0
-            fit = _bbox(mask)
+            fit = bbox_2d(mask)
             if fit is not None and (fit[0] <= box[0] or fit[1] <= box[1] or fit[2] >= box[2] or fit[3] >= box[3]):
                 refit = _grow(fit, self.e.box_margin, self.plane, within)
                 if refit != box:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..engines.slices import bbox_2d
+
 
 def sample_clicks(mask: torch.Tensor, count: int, rng: np.random.Generator) -> torch.Tensor:
     """Clicks [B, count, 3] (float voxel indices along D, H, W) drawn uniformly from each mask [B, 1, D, H, W]
@@ -31,15 +33,6 @@ def centre_click(mask: torch.Tensor) -> torch.Tensor:
         centre = fg.mean(0)
         out.append(fg[torch.argmin(((fg - centre) ** 2).sum(1))][None])
     return torch.stack(out)
-
-
-def bbox_2d(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Inclusive (r0, c0, r1, c1) of a 2D mask, None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
 def slice_boxes(mask: np.ndarray, rng: np.random.Generator | None, margin: float = 0.1,
