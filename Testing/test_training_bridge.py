@@ -75,6 +75,11 @@ def test_command_line_and_progress_lines(tmp_path):
     event = training.parse_progress_line('{"event": "epoch", "epoch": 2, "epochs": 5, "val_dice": 0.8123}\n')
     assert training.describe_progress(event) == "epoch 2/5, val dice 0.812"
     assert training.parse_progress_line("plain text\n") == {"event": "log", "text": "plain text"}
+    log = [{"event": "log", "text": "Traceback ..."}, {"event": "log", "text": "RuntimeError: boom"}]
+    assert training.failure_detail(log) == "RuntimeError: boom"
+    assert training.failure_detail(log[:1] + [{"event": "error", "message": "case a: label is empty"}] + log[1:]) \
+        == "case a: label is empty"
+    assert training.failure_detail([]) == "see training.log"
 
 
 def _blob_case(scene, name, seed):

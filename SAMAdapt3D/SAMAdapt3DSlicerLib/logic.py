@@ -560,10 +560,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             self._fineTune("cancelled", f"Stopped. Checkpoints and log are in {os.path.dirname(self._trainingOut)}.")
             return
         if exitEvent.get("returncode") != 0:
-            lines = [e.get("text", "") for e in self._trainingEvents if e.get("event") in ("log", "error")] + \
-                    [e.get("message", "") for e in self._trainingEvents if e.get("event") == "error"]
-            detail = next((line for line in reversed(lines) if line), "see training.log")
-            self._fineTune("error", f"Training failed: {detail}")
+            self._fineTune("error", f"Training failed: {training.failure_detail(self._trainingEvents)}")
             return
         modelPath = training.find_trained_model(self._trainingOut, self._trainingEvents)
         if modelPath is None:

@@ -186,6 +186,17 @@ def parse_progress_line(line: str) -> dict:
     return {"event": "log", "text": text}
 
 
+def failure_detail(events: list[dict]) -> str:
+    """Why a run failed, for the status line: the trainer's own error message, else its last printed line."""
+    for event in reversed(events):
+        if event.get("event") == "error" and event.get("message"):
+            return str(event["message"])
+    for event in reversed(events):
+        if event.get("event") == "log" and event.get("text"):
+            return str(event["text"])
+    return "see training.log"
+
+
 def describe_progress(event: dict) -> str:
     """One status line from a progress event, whatever fields the trainer put in it."""
     parts = []
