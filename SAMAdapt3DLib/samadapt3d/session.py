@@ -208,6 +208,24 @@ class InteractiveSession:
         else:
             self.engine.set_image(space.image)
 
+    def prepare(self) -> int:
+        """Do ahead of the first prompt what does not depend on it (a slice engine embeds every slice along the
+        acquisition axis), so the first click is fast; cancellable with `cancel`. Returns the units of work done
+        (0 for engines with nothing to prepare, e.g. a crop engine, whose crops follow the clicks)."""
+        self._require_image()
+        warm_up = getattr(self.engine, "warm_up", None)
+        if warm_up is None:
+            return 0
+        with self._lock:
+            event = threading.Event()
+            with self._cancel_lock:
+                self._cancel_event = event
+            try:
+                return int(warm_up(self._report, event))
+            finally:
+                with self._cancel_lock:
+                    self._cancel_event = None
+
     def _empty_state(self) -> _State:
         shape = self.volume.array.shape
         mask = np.zeros(shape, dtype=bool)

@@ -314,3 +314,27 @@ def test_demo_without_slicerio_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "slicerio" else real(name, *a))
     with pytest.raises(SAMAdapt3DError, match=r'pip install "samadapt3d\[demo\]"'):
         demo.load_demo_case()
+
+
+def test_prepare_embeds_ahead_so_the_first_click_only_decodes(model, case):
+    """Slicer prepares while the user looks for the structure: after `prepare` the first click embeds nothing."""
+    from samadapt3d.errors import CancelledError
+    from samadapt3d.session import InteractiveSession
+    from samadapt3d.volume import Volume
+
+    volume, truth = case
+    k0 = int(truth["right lung"].sum(axis=(1, 2)).argmax()) - 1
+    part = Volume(volume.array[k0:k0 + 3], spacing=volume.spacing,
+                  origin=volume.index_to_physical((0, 0, k0), "lps"), direction=volume.direction)
+    session = InteractiveSession(model)  # a fresh engine: nothing cached
+    session.set_image(part)
+    stopper = InteractiveSession(model)
+    stopper.set_image(part)
+    stopper.progress = lambda fraction, message: stopper.cancel()
+    with pytest.raises(CancelledError):
+        stopper.prepare()
+    assert session.prepare() == 3 and session.prepare() == 0
+    embedded = session.engine.stats["embedded"]
+    i, j, _ = DEMO_CLICKS["right lung"]
+    mask = np.asarray(session.add_point((i, j, 1)))
+    assert session.engine.stats["embedded"] == embedded and mask[1].any()

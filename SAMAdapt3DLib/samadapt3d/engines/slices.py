@@ -109,6 +109,25 @@ class SliceEngine:
         self.spacing = spacing
         self._keys.clear()
 
+    def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                axis: int | None = None) -> int:
+        """Embed every slice along `axis` (default: the acquisition axis) before the first click, so that the
+        click only decodes. Returns how many slices were embedded (0 when all were cached)."""
+        if self.image is None:
+            raise InputError("call set_image before warm_up")
+        axis = self.default_axis() if axis is None else int(axis)
+        count, before = self.image.shape[axis], self.stats["embedded"]
+        with torch.no_grad():
+            for k in range(count):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("preparation cancelled")
+                if progress is not None:
+                    progress(k / count, f"preparing slice {k + 1}/{count}")
+                self.slice_data(axis, k, cancel)
+        if progress is not None:
+            progress(1.0, "slices ready")
+        return self.stats["embedded"] - before
+
     def default_axis(self) -> int:
         if self.spacing is None:
             return 0
