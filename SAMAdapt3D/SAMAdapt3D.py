@@ -61,6 +61,7 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingGUI = False
         self._shortcuts = []
         self._viewAxisHint = None
+        self._preparedKey = None
 
     # ---- setup -----------------------------------------------------------------------------------------
     def setup(self):
@@ -208,6 +209,19 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateCpuWarning()
         finally:
             self._updatingGUI = False
+        self.prepareAhead()
+
+    def prepareAhead(self):
+        """Once volume and model are chosen, load the model and embed the slices in the background, so the first
+        click only decodes. Never installs anything or asks: without dependencies it waits for the first click."""
+        p = self._parameterNode
+        if p is None or not p.inputVolume or self.logic.busy() or self.logic.missingDependencies():
+            return
+        key = (p.inputVolume.GetID(), self.logic.modelKey(p))
+        if key == self._preparedKey:
+            return
+        self._preparedKey = key
+        self.logic.run(p, action="prepare")
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def onSegmentationChanged(self, node):

@@ -186,8 +186,12 @@ def test_embedded_default_model_segments_a_ball(scene):
     pos.AddControlPoint(*m.MultiplyPoint([32.0, 32.0, 12.0, 1.0])[:3])
     segmenter = core.Segmenter()
     segmenter.set_model(model)
+    # the module prepares as soon as volume and model are chosen: every slice along k (largest spacing) embedded
+    assert segmenter.prepare(bridge.volume_from_node(node), core.volume_key(node)) == shape[0]
+    embedded = segmenter.session.engine.stats["embedded"]
     request = segmenter.make_request(node, seg, sid, pos, None, view_axis=2)
     mask = segmenter.compute(request)
+    assert segmenter.session.engine.stats["embedded"] == embedded  # the click only decoded
     core.write_result(mask, node, seg, sid)
     got = bridge.segment_mask(seg, sid, node)
     dice = 2 * (got & target).sum() / (got.sum() + target.sum())

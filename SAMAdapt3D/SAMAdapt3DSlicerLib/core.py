@@ -179,6 +179,19 @@ class Segmenter:
         box = (box_wanted[0][1], box_wanted[0][2]) if box_wanted else None
         return session.segment(positive, negative, box, space="ijk", seed=session.seed_mask)
 
+    def prepare(self, volume, key) -> int:
+        """Worker thread, before any click on this volume: give the session the image and let it precompute
+        (a slice model embeds every slice). Returns the units of work done; 0 when there is nothing to prepare
+        (multi-class models, crop models) or it was done already. The next click on this volume reuses it."""
+        if self.session is None:
+            return 0
+        with self.lock:
+            if self.volume_key != key:
+                self.volume_key = None
+                self.session.set_image(volume)
+                self.volume_key, self.target = key, None
+            return self.session.prepare()
+
     def compute_classes(self, volume):
         """Worker thread: a multi-class model's label map [k, j, i] on the volume's grid and its class names."""
         from samadapt3d.automatic import segment_all_classes

@@ -335,10 +335,14 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         return self._thread is not None and self._thread.is_alive()
 
     def run(self, p, action="sync", viewSliceNode=None, segmentEditorNode=None):
-        """Start a run on the worker thread (returns True), or queue it if one is running (returns False)."""
+        """Start a run on the worker thread (returns True), or queue it if one is running (returns False).
+        action: "sync" (prompts changed), "undo", "redo", "reset", "classes" (multi-class models) or "prepare"
+        (load the model and precompute for this volume before the first click)."""
         if self.busy():
-            self._pending = (p, action, viewSliceNode, segmentEditorNode)
+            if action != "prepare":  # a preparation never displaces a queued click
+                self._pending = (p, action, viewSliceNode, segmentEditorNode)
             return False
+        from SAMAdapt3DSlicerLib import core
         from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         if action == "undo" and self._lastClassWrite is not None:
@@ -346,8 +350,9 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             return False
         segmenter = self.segmenter()
         volume = bridge.volume_from_node(p.inputVolume)
-        if action == "classes":
-            job = dict(p=p, action=action, volume=volume, modelKey=self.modelKey(p), editorNode=None)
+        if action in ("classes", "prepare"):  # whole-volume jobs: no prompts to read
+            job = dict(p=p, action=action, volume=volume, volumeKey=core.volume_key(p.inputVolume),
+                       modelKey=self.modelKey(p), editorNode=None)
             self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
             self._thread.start()
             self._pollTimer.start()
@@ -371,9 +376,12 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             model, device, samCheckpoint = job["modelKey"]
             if segmenter.model is None or segmenter.model_key != job["modelKey"]:
                 segmenter.load_model(model, device=device, sam_checkpoint=samCheckpoint)
-                if job["action"] != "classes":
+                if job["action"] not in ("classes", "prepare"):
                     self._events.put(("need_request", job))  # the request must be read on the main thread
                     return
+            if job["action"] == "prepare":  # ahead of the first click: image set, slices embedded
+                self._events.put(("prepared", job, segmenter.prepare(job["volume"], job["volumeKey"])))
+                return
             if job["action"] == "classes":
                 labels, names = segmenter.compute_classes(job["volume"])
                 self._events.put(("classes", job, labels, names))
@@ -417,9 +425,15 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             elif kind == "classes":
                 self._thread = None
                 self._applyClasses(event[1], event[2], event[3])
+            elif kind == "prepared":
+                self._thread = None
+                self._finish("unchanged", "Ready: place points or a box." if event[2] else "Ready.")
             elif kind == "error":
                 self._thread = None
-                self._finish(*self.describeError(event[2], event[3]))
+                status, message = self.describeError(event[2], event[3])
+                if event[1].get("action") == "prepare":  # nobody asked for it: a status line, not a dialog
+                    status, message = "unchanged", f"Not prepared ({message}); the first click will do it."
+                self._finish(status, message)
         if not self.busy() and self._events.empty():
             self._pollTimer.stop()
             if self._pending is not None:
