@@ -73,3 +73,28 @@ def test_same_outputs_as_segment_anything(segment_anything, multimask):
             out = ours.mask_decoder(emb, ours.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
             torch.testing.assert_close(out[0], out_ref[0], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(out[1], out_ref[1], atol=1e-4, rtol=1e-4)
+
+
+def test_tiny_vit_conv_bn_folds_only_for_inference():
+    """Conv2dBN folds BatchNorm into the convolution for inference; training and learning use both layers, and a
+    change of weights (e.g. a checkpoint loaded later) is picked up."""
+    from samadapt3d.sam.tiny_vit import Conv2dBN
+
+    torch.manual_seed(0)
+    layer = Conv2dBN(6, 8, kernel=3, groups=2)
+    with torch.no_grad():
+        layer.bn.running_mean.normal_()
+        layer.bn.running_var.uniform_(0.5, 2.0)
+        layer.bn.weight.normal_()
+        layer.bn.bias.normal_()
+    x = torch.randn(2, 6, 9, 9)
+    layer.eval()
+    expected = layer.bn(layer.c(x))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        assert layer._fused is not None
+        layer.c.weight.mul_(2.0)
+        torch.testing.assert_close(layer(x), layer.bn(layer.c(x)), rtol=1e-5, atol=1e-5)
+    out = layer(x)  # grad enabled and trainable weights: the unfused path, so gradients reach the conv
+    out.sum().backward()
+    assert layer.c.weight.grad is not None

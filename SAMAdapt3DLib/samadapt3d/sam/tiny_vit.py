@@ -31,6 +31,23 @@ class Conv2dBN(nn.Sequential):
         super().__init__()
         self.add_module("c", nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(cout))
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, bn = self.c, self.bn
+        learning = torch.is_grad_enabled() and any(p.requires_grad for p in (c.weight, bn.weight, bn.bias))
+        if self.training or learning:
+            return bn(c(x))
+        # inference: BatchNorm folded into the convolution (one pass instead of two, ~9% of an encoder pass)
+        key = (c.weight._version, bn.weight._version, bn.bias._version, bn.running_mean._version,
+               bn.running_var._version, c.weight.data_ptr(), c.weight.device, c.weight.dtype)
+        if self._fused is None or self._fused[0] != key:
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                weight = c.weight * scale[:, None, None, None]
+                bias = bn.bias - bn.running_mean * scale
+            self._fused = (key, weight, bias)
+        return F.conv2d(x, self._fused[1], self._fused[2], c.stride, c.padding, c.dilation, c.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -100,9 +117,14 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim).permute(0, 2, 1, 3)
         q, k, v = qkv.split(self.head_dim, dim=-1)
-        bias = self.attention_biases[:, self.bias_index]  # [heads, n, n]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        bias = self.attention_biases[:, self.bias_index].to(q.dtype)  # [heads, n, n]
+        # written out rather than scaled_dot_product_attention: with a float mask its CPU path spends ~10% of
+        # an encoder pass checking the mask for -inf rows
+        logits = torch.baddbmm(bias.expand(b, -1, -1, -1).reshape(-1, n, n),
+                               (q * self.scale).reshape(-1, n, self.head_dim),
+                               k.reshape(-1, n, self.head_dim).transpose(1, 2))
+        out = torch.bmm(logits.softmax(dim=-1), v.reshape(-1, n, self.head_dim))
+        return self.proj(out.view(b, self.num_heads, n, self.head_dim).transpose(1, 2).reshape(b, n, c))
 
 
 class Mlp(nn.Module):
