@@ -8,7 +8,7 @@ onto the volume's grid and thresholded at 0.5. See docs/SESSION.md.
 """
 from __future__ import annotations
 
-import inspect
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -188,25 +188,14 @@ class InteractiveSession:
             self._report(0.0, "preparing image")
             space = ModelSpace(volume, self.model.preset)
             self._report(0.5, "preparing model")
-            self._engine_set_image(space)
+            # the voxel size (mm, (D, H, W)) lets a slice engine default to the acquisition (largest-spacing) axis
+            spacing_dhw = tuple(float(v) for v in np.asarray(space.grid.spacing, dtype=np.float64)[::-1])
+            self.engine.set_image(space.image, spacing=spacing_dhw)
             self.volume, self.space = volume, space
             self._state = self._empty_state()
             self._undo.clear()
             self._redo.clear()
             self._report(1.0, "image ready")
-
-    def _engine_set_image(self, space: ModelSpace) -> None:
-        """Give the engine the model-space image, and its voxel size (mm, (D, H, W)) when the engine takes
-        one: a slice engine then slices along the acquisition (largest-spacing) axis by default."""
-        try:
-            takes_spacing = "spacing" in inspect.signature(self.engine.set_image).parameters
-        except (TypeError, ValueError):
-            takes_spacing = False
-        if takes_spacing:
-            spacing_dhw = tuple(float(s) for s in np.asarray(space.grid.spacing, dtype=np.float64)[::-1])
-            self.engine.set_image(space.image, spacing=spacing_dhw)
-        else:
-            self.engine.set_image(space.image)
 
     def prepare(self) -> int:
         """Do ahead of the first prompt what does not depend on it (a slice engine embeds every slice along the
@@ -216,15 +205,20 @@ class InteractiveSession:
         warm_up = getattr(self.engine, "warm_up", None)
         if warm_up is None:
             return 0
-        with self._lock:
-            event = threading.Event()
+        with self._lock, self._cancellable() as event:
+            return int(warm_up(self._report, event))
+
+    @contextlib.contextmanager
+    def _cancellable(self):
+        """The event that `cancel` sets while a computation runs (one at a time, under self._lock)."""
+        event = threading.Event()
+        with self._cancel_lock:
+            self._cancel_event = event
+        try:
+            yield event
+        finally:
             with self._cancel_lock:
-                self._cancel_event = event
-            try:
-                return int(warm_up(self._report, event))
-            finally:
-                with self._cancel_lock:
-                    self._cancel_event = None
+                self._cancel_event = None
 
     def _empty_state(self) -> _State:
         shape = self.volume.array.shape
@@ -371,14 +365,8 @@ class InteractiveSession:
         self._require_image()
         with self._lock:
             seed = self._state.seed if seed is self._UNSET else seed
-            event = threading.Event()
-            with self._cancel_lock:
-                self._cancel_event = event
-            try:
+            with self._cancellable() as event:
                 new_state = self._compute(prompts, seed, view_axis, event)
-            finally:
-                with self._cancel_lock:
-                    self._cancel_event = None
             self._undo.append(_Stored.pack(self._state))
             del self._undo[: max(0, len(self._undo) - self.max_undo)]
             self._redo.clear()

@@ -101,7 +101,7 @@ class SpyEngine:
     def __init__(self):
         self.calls = []
 
-    def set_image(self, image):
+    def set_image(self, image, spacing=None):
         self.image = image
 
     def run(self, prompts, seed=None, progress=None, cancel=None):

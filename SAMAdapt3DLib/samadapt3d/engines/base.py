@@ -41,8 +41,9 @@ class ModelPrompts:
 class Engine(Protocol):
     """Runs one model on one model-space image; keeps its own caches between calls."""
 
-    def set_image(self, image: np.ndarray) -> None:
-        """Model-space image [D, H, W] float32, already normalised by the model's preset. Resets caches."""
+    def set_image(self, image: np.ndarray, spacing: tuple[float, float, float] | None = None) -> None:
+        """Model-space image [D, H, W] float32, already normalised by the model's preset, and its voxel size in mm
+        along (D, H, W) (engines that choose a slicing axis use it). Resets caches."""
 
     def run(
         self,

@@ -49,7 +49,7 @@ class CropEngine:
         self.last_crops: list[tuple[int, int, int]] = []
 
     # ---- Engine protocol ----------------------------------------------------------------------
-    def set_image(self, image: np.ndarray) -> None:
+    def set_image(self, image: np.ndarray, spacing=None) -> None:  # crops are in model voxels: spacing unused
         self.image = np.ascontiguousarray(image, dtype=np.float32)
         self._pad_value = float(self.image.min())
         self._features.clear()
