@@ -507,11 +507,15 @@ class _Run:
         p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
         p = np.where(mask, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3))
         if self.box is not None:
-            r0, c0, r1, c1 = self._plane_box()
-            clip = np.zeros_like(mask)
-            clip[r0:r1 + 1, c0:c1 + 1] = True
-            p = np.where(clip, p, 0.0)
+            p = np.where(self._box_plane_mask(), p, 0.0)
         self.prob[k] = np.maximum(self.prob[k], p.astype(np.float32))
+
+    def _box_plane_mask(self) -> np.ndarray:
+        """Bool [rows, cols]: the 3D box's in-plane extent (call only with a box)."""
+        r0, c0, r1, c1 = self._plane_box()
+        inside = np.zeros(self.plane, bool)
+        inside[r0:r1 + 1, c0:c1 + 1] = True
+        return inside
 
     def execute(self) -> np.ndarray:
         anchors: list[tuple[int, np.ndarray]] = []
@@ -549,10 +553,7 @@ class _Run:
                 for lab in range(1, int(labels.max()) + 1):
                     kept |= self._apply_negatives(int(k), labels == lab)
                 if self.box is not None:
-                    r0, c0, r1, c1 = self._plane_box()
-                    inside = np.zeros_like(kept)
-                    inside[r0:r1 + 1, c0:c1 + 1] = True
-                    kept &= inside if self._in_range(int(k)) else False
+                    kept &= self._box_plane_mask() & self._in_range(int(k))
                 self.prob[k] = np.maximum(self.prob[k], kept.astype(np.float32))
         self._remove_negative_components()
         if self.progress is not None:
