@@ -126,11 +126,7 @@ class Segmenter:
         with self.lock:
             session = self.session
             if self.needs_restart(request):
-                if self.volume_key != request.volume_key:
-                    self.volume_key = None
-                    session.set_image(request.volume)
-                    self.volume_key = request.volume_key
-                else:
+                if not self._use_volume(request.volume, request.volume_key):
                     session.reset()
                 if request.seed is not None:
                     session.set_seed_mask(request.seed)
@@ -186,11 +182,18 @@ class Segmenter:
         if self.session is None:
             return 0
         with self.lock:
-            if self.volume_key != key:
-                self.volume_key = None
-                self.session.set_image(volume)
-                self.volume_key, self.target = key, None
+            self._use_volume(volume, key)
             return self.session.prepare()
+
+    def _use_volume(self, volume, key) -> bool:
+        """Give the session this volume unless it has it already (same key); True when it was new. Call under
+        self.lock. A new volume drops the target segment (its session state went with the old image)."""
+        if self.volume_key == key:
+            return False
+        self.volume_key = None  # stays None if set_image fails, so the next request retries
+        self.session.set_image(volume)
+        self.volume_key, self.target = key, None
+        return True
 
     def compute_classes(self, volume):
         """Worker thread: a multi-class model's label map [k, j, i] on the volume's grid and its class names."""

@@ -30,6 +30,8 @@ POSITIVE_COLOR = (0.1, 0.85, 0.1)
 NEGATIVE_COLOR = (0.95, 0.15, 0.1)
 BOX_COLOR = (1.0, 0.85, 0.0)
 DEBOUNCE_MS = 300
+#: worker jobs on the whole volume, which read no prompts (so none is re-read after the model loads)
+WHOLE_VOLUME_ACTIONS = ("classes", "prepare")
 
 
 #
@@ -350,20 +352,17 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             return False
         segmenter = self.segmenter()
         volume = bridge.volume_from_node(p.inputVolume)
-        if action in ("classes", "prepare"):  # whole-volume jobs: no prompts to read
+        if action in WHOLE_VOLUME_ACTIONS:  # no prompts to read
             job = dict(p=p, action=action, volume=volume, volumeKey=core.volume_key(p.inputVolume),
                        modelKey=self.modelKey(p), editorNode=None)
-            self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
-            self._thread.start()
-            self._pollTimer.start()
-            return True
-        viewAxis = bridge.view_axis_from_slice_node(viewSliceNode, volume) if viewSliceNode is not None else None
-        request = None
-        if segmenter.session is not None:
-            request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
-                                             p.negativePoints, p.box, view_axis=viewAxis, action=action)
-        job = dict(p=p, action=action, request=request, modelKey=self.modelKey(p), viewAxis=viewAxis,
-                   editorNode=segmentEditorNode or self.segmentEditorNode())
+        else:
+            viewAxis = bridge.view_axis_from_slice_node(viewSliceNode, volume) if viewSliceNode is not None else None
+            request = None
+            if segmenter.session is not None:
+                request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
+                                                 p.negativePoints, p.box, view_axis=viewAxis, action=action)
+            job = dict(p=p, action=action, request=request, modelKey=self.modelKey(p), viewAxis=viewAxis,
+                       editorNode=segmentEditorNode or self.segmentEditorNode())
         self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
         self._thread.start()
         self._pollTimer.start()
@@ -376,7 +375,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
             model, device, samCheckpoint = job["modelKey"]
             if segmenter.model is None or segmenter.model_key != job["modelKey"]:
                 segmenter.load_model(model, device=device, sam_checkpoint=samCheckpoint)
-                if job["action"] not in ("classes", "prepare"):
+                if job["action"] not in WHOLE_VOLUME_ACTIONS:
                     self._events.put(("need_request", job))  # the request must be read on the main thread
                     return
             if job["action"] == "prepare":  # ahead of the first click: image set, slices embedded
@@ -595,8 +594,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         from SAMAdapt3DSlicerLib import core
 
         segmenter = self.segmenter()
-        if segmenter.model is None or segmenter.model_key != self.modelKey(p):
-            segmenter.load_model(*self.modelKey(p))
+        segmenter.load_model(*self.modelKey(p))  # returns at once when this model is loaded
         request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
                                          p.negativePoints, p.box, view_axis=viewAxis, action=action)
         mask = segmenter.compute(request)
@@ -611,7 +609,6 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
         segmenter = self.segmenter()
-        if segmenter.model is None or segmenter.model_key != self.modelKey(p):
-            segmenter.load_model(*self.modelKey(p))
+        segmenter.load_model(*self.modelKey(p))  # returns at once when this model is loaded
         labels, names = segmenter.compute_classes(bridge.volume_from_node(p.inputVolume))
         return self._applyClasses(dict(p=p), labels, names)
