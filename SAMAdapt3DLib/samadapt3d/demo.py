@@ -9,12 +9,13 @@ masks (a label map .nii.gz plus one .nii.gz per structure) and a PNG overlay.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .training.loss import dice_score as dice  # one Dice for the demo, the tests and validation
 
 #: one click per structure, (i, j, k) voxel indices of CTChest4.nrrd (deepest point of the true
 #: segment on its largest slice, chosen once)
@@ -65,11 +66,6 @@ def load_demo_case():
         plane = labels[layer] if labels.ndim == 4 else labels
         masks[segment["name"]] = plane == int(segment["labelValue"])
     return volume, masks
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 1.0
 
 
 def write_overlay(volume, results: dict[str, np.ndarray], path: Path) -> None:
