@@ -381,10 +381,8 @@ def write_segment_mask(
     only inside the editable area (mask mode / intensity range) does the segment change, outside it keeps its voxels;
     other segments lose the new voxels only if the overwrite mode allows (all / visible), otherwise they are
     untouched (overlap allowed, as Segment Editor's "allow overlap")."""
-    volume_dims = volume_node.GetImageData().GetDimensions()
     mask = np.asarray(mask).astype(bool)
-    if mask.shape != (volume_dims[2], volume_dims[1], volume_dims[0]):
-        raise InputError(f"mask shape {mask.shape} does not match the volume's {volume_dims[::-1]} [k, j, i]")
+    _check_on_volume(mask, volume_node, "mask")
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(segment_id) is None:
         raise InputError(f"segment {segment_id!r} not found in '{segmentation_node.GetName()}'")
@@ -424,6 +422,13 @@ def write_segment_mask(
     return result
 
 
+def _check_on_volume(array: np.ndarray, volume_node, what: str) -> None:
+    """An array [k, j, i] meant for the volume's voxels must have their shape."""
+    dims = volume_node.GetImageData().GetDimensions()
+    if array.shape != (dims[2], dims[1], dims[0]):
+        raise InputError(f"{what} shape {array.shape} does not match the volume's {dims[::-1]} [k, j, i]")
+
+
 def _set_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
     image = _oriented_image(volume_node, mask, segmentation_node)
     ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
@@ -449,10 +454,8 @@ def write_class_segments(segmentation_node, volume_node, labels: np.ndarray, nam
     """A label map [k, j, i] (0 = background, n = names[n - 1]) as one segment per class, matched by name: an
     existing segment of that name gets the class's voxels (replacing its own), a missing one is created unless the
     class is empty. Other segments are untouched (they may overlap). Returns {name: (segment id, voxels, created)}."""
-    volume_dims = volume_node.GetImageData().GetDimensions()
     labels = np.asarray(labels)
-    if labels.shape != (volume_dims[2], volume_dims[1], volume_dims[0]):
-        raise InputError(f"label map shape {labels.shape} does not match the volume's {volume_dims[::-1]} [k, j, i]")
+    _check_on_volume(labels, volume_node, "label map")
     if labels.max(initial=0) > len(names) or labels.min(initial=0) < 0:
         raise InputError(f"label values run from {labels.min()} to {labels.max()} but there are {len(names)} class names")
     ensure_reference_geometry(segmentation_node, volume_node)
