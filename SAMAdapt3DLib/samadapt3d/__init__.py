@@ -1,4 +1,8 @@
-"""SAMAdapt3D: prompted 3D segmentation with adapter-augmented Segment Anything models."""
+"""SAMAdapt3D: prompted 3D segmentation with adapter-augmented Segment Anything models.
+
+Importing the package imports neither torch nor a model: `samadapt3d.client` runs without torch (inside 3D Slicer),
+and the command line installs its Ctrl-C handler before torch is loaded. `load_model` imports torch on first use.
+"""
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -11,9 +15,17 @@ from .errors import (  # noqa: E402
     ModelNotFoundError,
     SAMAdapt3DError,
 )
-from .models import load_model  # noqa: E402
 
 __all__ = [
     "__version__", "load_model", "SAMAdapt3DError", "InputError", "CheckpointError", "ModelNotFoundError",
     "DeviceError", "CancelledError",
 ]
+
+
+def __getattr__(name: str):
+    # PEP 562: the torch-heavy entry point is loaded only when asked for
+    if name == "load_model":
+        from .models import load_model
+
+        return load_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
