@@ -27,15 +27,14 @@ How a run works (all in model space, [D, H, W]):
 5. Seed (refining an existing segment): the result is the seed united with what the clicks found; the
    negative clicks cut the seed as in 4, one 2D component of the seed at a time (a negative on one
    object of the seed leaves its other objects alone), and a 3D box bounds it.
-Per-slice image embeddings are kept in an LRU cache bounded in bytes and keyed by the slice's content, so
-later clicks are fast, also after `set_image` with the same scan re-oriented or loaded again.
+Per-slice image embeddings come from engines/embedding_cache.py (an LRU bounded in bytes, keyed by the slice's
+content, optionally backed by an on-disk store), so later clicks are fast, also after `set_image` with the same
+scan re-oriented or loaded again, and in a later process.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ import SimpleITK as sitk
 from ..errors import CancelledError, InputError
 from ..families.base import SliceModel
 from .base import ModelPrompts, ProgressCallback
+from .embedding_cache import DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData, SliceEmbeddingCache
 
 #: candidate box half-sizes around a click, as fractions of the slice's longer side
 CLICK_BOX_FRACTIONS = (0.03, 0.06, 0.09, 0.125, 0.16, 0.19, 0.23, 0.28, 0.34)
@@ -53,23 +53,17 @@ CLICK_ROUNDS = 4
 NEGATIVE_SCORE_RATIO = 0.5
 
 
-@dataclass
-class _SliceData:
-    embedding: torch.Tensor  # [1, C, h, w]
-    transform: object
-    image01: np.ndarray  # the slice min-max normalised to [0, 1], for the click scores
-    nbytes: int
+_SliceData = SliceData  # the per-slice record (embedding, transform, image01), defined with the cache
 
 
 class SliceEngine:
     """Engine (see engines/base.py) running a SliceModel slice by slice."""
 
-    def __init__(self, model: SliceModel, cache_bytes: int = 512 << 20, box_margin: float = 0.1,
+    def __init__(self, model: SliceModel, cache_bytes: int = DEFAULT_MEMORY_BYTES, box_margin: float = 0.1,
                  min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35,
                  max_level_change: float = 0.12, same_object: float = 0.5,
-                 decode_cache_bytes: int = 128 << 20) -> None:
+                 decode_cache_bytes: int = 128 << 20, disk_cache: DiskEmbeddingStore | None = None) -> None:
         self.model = model.eval()
-        self.cache_bytes = int(cache_bytes)
         self.box_margin = box_margin
         self.min_area = min_area
         self.min_overlap = min_overlap
@@ -78,19 +72,16 @@ class SliceEngine:
         self.same_object = same_object
         self.image: np.ndarray | None = None
         self.spacing: tuple[float, float, float] | None = None
-        #: slice content (shape, digest) -> data; kept across set_image, so the same slices of another
-        #: image (the same scan re-oriented or loaded again) are not embedded twice
-        self._cache: OrderedDict[tuple, _SliceData] = OrderedDict()
-        self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         #: (id of the slice data, box) -> (logits, IoU, slice data kept alive so the id stays unique)
         self._decoded: OrderedDict[tuple, tuple[np.ndarray, float, _SliceData]] = OrderedDict()
         self._decoded_used = 0
         self.decode_cache_bytes = int(decode_cache_bytes)
-        self._cache_used = 0
         #: the slicing axis of the latest run (model axis)
         self.last_axis: int | None = None
         #: counters for tests and benchmarks
         self.stats = {"embedded": 0, "cache_hits": 0}
+        #: the slice embeddings (memory LRU, optional disk store, background prefetch); updates `stats`
+        self.embeddings = SliceEmbeddingCache(model, cache_bytes, disk=disk_cache, stats=self.stats)
 
     # ---- Engine protocol -----------------------------------------------------------------------
     def set_image(self, image: np.ndarray, spacing=None) -> None:
@@ -107,7 +98,7 @@ class SliceEngine:
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
                 raise InputError(f"spacing must be 3 positive numbers (D, H, W), got {spacing}")
         self.spacing = spacing
-        self._keys.clear()
+        self.embeddings.set_image(image)
 
     def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                 axis: int | None = None) -> int:
@@ -161,51 +152,7 @@ class SliceEngine:
 
     # ---- per-slice model calls -----------------------------------------------------------------
     def slice_data(self, axis: int, index: int, cancel: threading.Event | None = None) -> _SliceData:
-        key = self._keys.get((axis, index))
-        slice2d = None
-        if key is None:
-            slice2d = np.ascontiguousarray(np.take(self.image, index, axis=axis))
-            key = self._content_key(axis, index, slice2d)
-            self._keys[(axis, index)] = key
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            self.stats["cache_hits"] += 1
-            return hit
-        if cancel is not None and cancel.is_set():
-            raise CancelledError("segmentation cancelled")
-        if slice2d is None:
-            slice2d = np.ascontiguousarray(np.take(self.image, index, axis=axis))
-        tensor, transform = self.model.preprocess_slice(slice2d)
-        embed_in_volume = getattr(self.model, "embed_in_volume", None)  # 3D adapters need the neighbours
-        if embed_in_volume is not None:
-            embedding = embed_in_volume(self.image, axis, index).detach()
-        else:
-            embedding = self.model.embed(tensor[None]).detach()
-        if hasattr(self.model, "normalize_slice"):
-            image01 = self.model.normalize_slice(slice2d)
-        else:
-            lo, hi = float(slice2d.min()), float(slice2d.max())
-            image01 = (slice2d - lo) / max(hi - lo, 1e-8)
-        data = _SliceData(embedding, transform, image01.astype(np.float32),
-                          embedding.numel() * embedding.element_size() + image01.nbytes)
-        self.stats["embedded"] += 1
-        self._cache[key] = data
-        self._cache_used += data.nbytes
-        while self._cache_used > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_used -= old.nbytes
-        return data
-
-    def _content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
-        """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
-        neighbours (`slice_context`, 3D adapters) the neighbours too, in order."""
-        context = int(getattr(self.model, "slice_context", 0) or 0) if hasattr(self.model, "embed_in_volume") else 0
-        digest = hashlib.blake2b(digest_size=16)
-        lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
-        for k in range(lo, hi + 1):
-            digest.update(slice2d.tobytes() if k == index else np.ascontiguousarray(np.take(self.image, k, axis=axis)).tobytes())
-        return (slice2d.shape, index - lo, hi - lo, digest.digest())
+        return self.embeddings.get(axis, index, cancel)
 
     def predict_boxes(self, data: _SliceData, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [N, 4] (r0, c0, r1, c1 inclusive, slice pixels) -> logits [N, rows, cols], IoU [N].

@@ -1,0 +1,339 @@
+"""Per-slice image embeddings for SliceEngine: an in-memory LRU bounded in bytes, an optional on-disk store
+shared across processes, and a cancellable background prefetch that embeds outward from a slice.
+
+Keys are what an embedding depends on: the slice's pixels (and, for a model that embeds a slice with its
+neighbours, theirs), so a re-oriented or reloaded copy of the same scan reuses the embeddings. On disk the key
+also holds the model's `embedding_identity()` (weights, precision, backend: see samadapt3d.runtime), so a
+different model or precision never reads another's entries.
+
+Compact entries: when the model's embeddings are not the exact fp32 ones (`EncoderRuntime.embeddings_exact`),
+they are kept as float16 (2 MiB per LiteMedSAM slice instead of 4 MiB), so a 300-slice CT fits the default budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..errors import CancelledError
+from ..families.base import SliceModel
+from ..runtime import EncoderRuntime
+
+#: env var naming the cache folder (overrides XDG_CACHE_HOME and the platform default)
+CACHE_DIR_ENV = "SAMADAPT3D_CACHE_DIR"
+#: env var: "0"/"off" disables the on-disk embedding store
+DISK_CACHE_ENV = "SAMADAPT3D_EMBEDDING_CACHE"
+#: default in-memory budget: a 512x512x300 CT at float16 (300 x 2.5 MiB) fits
+DEFAULT_MEMORY_BYTES = 1 << 30
+#: default on-disk budget
+DEFAULT_DISK_BYTES = 2 << 30
+#: compact storage type of non-exact embeddings (more mantissa than bfloat16; LiteMedSAM's neck output is
+#: LayerNorm-ed, well inside the float16 range)
+COMPACT_DTYPE = torch.float16
+_DISK_MAGIC = b"SA3DEMB1"
+
+
+def user_cache_dir() -> Path:
+    """samadapt3d's cache folder: $SAMADAPT3D_CACHE_DIR, else the platform's user cache folder."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "samadapt3d" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "samadapt3d"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "samadapt3d"
+
+
+@dataclass
+class SliceData:
+    """One slice ready for decoding: its embedding (kept packed), the model transform, the normalised slice."""
+
+    packed: torch.Tensor  # [1, C, h, w], float32 or COMPACT_DTYPE
+    transform: object
+    image01: np.ndarray  # the slice min-max normalised to [0, 1], for the click scores
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nbytes = self.packed.numel() * self.packed.element_size() + self.image01.nbytes
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """Float32 embedding [1, C, h, w] for the decoder."""
+        return self.packed if self.packed.dtype == torch.float32 else self.packed.float()
+
+
+class DiskEmbeddingStore:
+    """Embeddings on disk, one file per key, bounded in bytes (least recently used files go first).
+
+    Writes are atomic (temporary file + rename); an unreadable, truncated or foreign file reads as a miss and
+    is removed. Safe to share between processes: the worst case of a race is one slice embedded twice."""
+
+    def __init__(self, folder: str | os.PathLike, max_bytes: int = DEFAULT_DISK_BYTES) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = int(max_bytes)
+        self._written = 0  # bytes written since the last prune
+
+    @classmethod
+    def default(cls) -> "DiskEmbeddingStore | None":
+        """The store in the user's cache folder, or None when disabled by $SAMADAPT3D_EMBEDDING_CACHE."""
+        if os.environ.get(DISK_CACHE_ENV, "").strip().lower() in ("0", "off", "no", "false"):
+            return None
+        return cls(user_cache_dir() / "embeddings")
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.emb"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self._path(key)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        tensor = _decode_entry(raw)
+        if tensor is None:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        try:
+            os.utime(path)  # recently used: pruned last
+        except OSError:
+            pass
+        return tensor
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        path = self._path(key)
+        data = _encode_entry(tensor)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            return  # a full or read-only disk costs speed, never a result
+        self._written += len(data)
+        if self._written > self.max_bytes // 16:
+            self.prune()
+
+    def prune(self) -> None:
+        """Remove the least recently used entries until the folder fits `max_bytes`."""
+        self._written = 0
+        entries = []
+        for path in self.folder.glob("*/*.emb"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, path))
+        total = sum(e[1] for e in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            try:
+                path.unlink()
+                total -= size
+            except OSError:
+                pass
+
+
+def _encode_entry(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().to("cpu").contiguous()
+    dtype = {torch.float32: b"f4", torch.float16: b"f2"}[t.dtype]
+    shape = np.asarray(t.shape, dtype="<i8")
+    payload = t.numpy().tobytes()
+    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    return _DISK_MAGIC + dtype + bytes([len(shape)]) + shape.tobytes() + digest + payload
+
+
+def _decode_entry(raw: bytes) -> torch.Tensor | None:
+    try:
+        if raw[:8] != _DISK_MAGIC:
+            return None
+        dtype = {b"f4": np.float32, b"f2": np.float16}[raw[8:10]]
+        ndim = raw[10]
+        shape = np.frombuffer(raw, dtype="<i8", count=ndim, offset=11)
+        start = 11 + 8 * ndim
+        digest, payload = raw[start:start + 16], raw[start + 16:]
+        if len(payload) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+            return None
+        if hashlib.blake2b(payload, digest_size=16).digest() != digest:
+            return None
+        return torch.from_numpy(np.frombuffer(payload, dtype=dtype).reshape(tuple(int(s) for s in shape)).copy())
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+class SliceEmbeddingCache:
+    """The slices of the current image -> SliceData, through the memory LRU, then the disk store, then the
+    model. Thread-safe: the background prefetch and the engine's calls share one lock, held per slice, so a
+    click waits for at most one slice of prefetch work."""
+
+    def __init__(self, model: SliceModel, memory_bytes: int = DEFAULT_MEMORY_BYTES,
+                 disk: DiskEmbeddingStore | None = None, stats: dict | None = None) -> None:
+        self.model = model
+        self.memory_bytes = int(memory_bytes)
+        self.disk = disk
+        self.stats = stats if stats is not None else {}
+        self.stats.setdefault("embedded", 0)
+        self.stats.setdefault("cache_hits", 0)
+        self.stats.setdefault("disk_hits", 0)
+        self.image: np.ndarray | None = None
+        #: slice content key -> data; kept across set_image (the same scan re-oriented or reloaded)
+        self._memory: OrderedDict[tuple, SliceData] = OrderedDict()
+        self._used = 0
+        self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
+        self._lock = threading.RLock()
+        self._prefetch: tuple[threading.Thread, threading.Event] | None = None
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.stop_prefetch()
+        with self._lock:
+            self.image = image
+            self._keys.clear()
+
+    # ---- lookups ---------------------------------------------------------------------------------
+    def get(self, axis: int, index: int, cancel: threading.Event | None = None) -> SliceData:
+        with self._lock:
+            image = self.image
+            key = self._keys.get((axis, index))
+            slice2d = None
+            if key is None:
+                slice2d = np.ascontiguousarray(np.take(image, index, axis=axis))
+                key = self.content_key(axis, index, slice2d)
+                self._keys[(axis, index)] = key
+            hit = self._memory.get(key)
+            if hit is not None:
+                self._memory.move_to_end(key)
+                self.stats["cache_hits"] += 1
+                return hit
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("segmentation cancelled")
+            if slice2d is None:
+                slice2d = np.ascontiguousarray(np.take(image, index, axis=axis))
+            data = self._load_or_embed(axis, index, key, slice2d)
+            self._memory[key] = data
+            self._used += data.nbytes
+            while self._used > self.memory_bytes and len(self._memory) > 1:
+                _, old = self._memory.popitem(last=False)
+                self._used -= old.nbytes
+            return data
+
+    def content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
+        """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
+        neighbours (`slice_context`, 3D adapters) the neighbours too, in order."""
+        context = int(getattr(self.model, "slice_context", 0) or 0) if self._embeds_in_volume() else 0
+        digest = hashlib.blake2b(digest_size=16)
+        lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
+        for k in range(lo, hi + 1):
+            digest.update(slice2d.tobytes() if k == index
+                          else np.ascontiguousarray(np.take(self.image, k, axis=axis)).tobytes())
+        return (slice2d.shape, index - lo, hi - lo, digest.digest())
+
+    def _embeds_in_volume(self) -> bool:
+        return callable(getattr(self.model, "embed_in_volume", None))  # 3D adapters need the neighbours
+
+    def _identity(self) -> str | None:
+        if self.disk is None or not isinstance(self.model, EncoderRuntime):
+            return None
+        return self.model.embedding_identity()
+
+    def _compact(self) -> bool:
+        return isinstance(self.model, EncoderRuntime) and not self.model.embeddings_exact()
+
+    def _disk_key(self, identity: str, key: tuple) -> str:
+        text = repr((identity, key[0], key[1], key[2])).encode() + key[3]
+        return hashlib.blake2b(text, digest_size=20).hexdigest()
+
+    def _load_or_embed(self, axis: int, index: int, key: tuple, slice2d: np.ndarray) -> SliceData:
+        model = self.model
+        tensor, transform = model.preprocess_slice(slice2d)
+        identity = self._identity()
+        disk_key = None if identity is None else self._disk_key(identity, key)
+        packed = self.disk.get(disk_key) if disk_key is not None else None
+        if packed is not None:
+            self.stats["disk_hits"] += 1
+            packed = packed.to(model.device)
+        else:
+            with torch.no_grad():
+                if self._embeds_in_volume():
+                    embedding = model.embed_in_volume(self.image, axis, index).detach()
+                else:
+                    embedding = model.embed(tensor[None]).detach()
+            packed = embedding.to(COMPACT_DTYPE) if self._compact() else embedding.float()
+            self.stats["embedded"] += 1
+            if disk_key is not None:
+                self.disk.put(disk_key, packed)
+        if hasattr(model, "normalize_slice"):
+            image01 = model.normalize_slice(slice2d)
+        else:
+            lo, hi = float(slice2d.min()), float(slice2d.max())
+            image01 = (slice2d - lo) / max(hi - lo, 1e-8)
+        return SliceData(packed, transform, np.asarray(image01, np.float32))
+
+    def cached(self, axis: int, index: int) -> bool:
+        with self._lock:
+            key = self._keys.get((axis, index))
+            return key is not None and key in self._memory
+
+    # ---- background prefetch -------------------------------------------------------------------
+    def prefetch(self, axis: int, centre: int, on_done: Callable[[int], None] | None = None) -> threading.Event:
+        """Embed every slice along `axis` in the background, outward from `centre` (centre, +1, -1, +2, ...),
+        replacing any prefetch running. Returns its cancel event; `stop_prefetch` cancels and joins it."""
+        self.stop_prefetch()
+        cancel = threading.Event()
+        count = self.image.shape[axis]
+        order = list(outward_order(centre, count))
+
+        def work() -> None:
+            done = 0
+            try:
+                for k in order:
+                    if cancel.is_set():
+                        return
+                    self.get(axis, k, cancel)
+                    done += 1
+            except CancelledError:
+                return
+            if on_done is not None:
+                on_done(done)
+
+        thread = threading.Thread(target=work, name="samadapt3d-prefetch", daemon=True)
+        self._prefetch = (thread, cancel)
+        thread.start()
+        return cancel
+
+    def stop_prefetch(self) -> None:
+        running = self._prefetch
+        self._prefetch = None
+        if running is not None:
+            running[1].set()
+            running[0].join()
+
+    def prefetching(self) -> bool:
+        return self._prefetch is not None and self._prefetch[0].is_alive()
+
+
+def outward_order(centre: int, count: int) -> Iterable[int]:
+    """centre, centre+1, centre-1, centre+2, ... within [0, count)."""
+    centre = min(max(int(centre), 0), count - 1)
+    yield centre
+    for d in range(1, count):
+        for k in (centre + d, centre - d):
+            if 0 <= k < count:
+                yield k

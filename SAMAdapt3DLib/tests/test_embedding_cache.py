@@ -1,0 +1,237 @@
+"""The slice embedding cache (engines/embedding_cache.py) with a tiny counting SliceModel: memory LRU, compact
+entries, the on-disk store (across processes, corrupt files, size bound) and the background prefetch."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from samadapt3d.engines.embedding_cache import (
+    CACHE_DIR_ENV, DISK_CACHE_ENV, DiskEmbeddingStore, SliceEmbeddingCache, outward_order, user_cache_dir)
+from samadapt3d.engines.slices import SliceEngine
+from samadapt3d.families.base import SliceModel
+from samadapt3d.preprocess import Preset
+from samadapt3d.runtime import EncoderRuntime
+
+TINY_MODEL = textwrap.dedent('''
+    import numpy as np, torch
+    from samadapt3d.families.base import SliceModel
+    from samadapt3d.preprocess import Preset
+    from samadapt3d.runtime import EncoderRuntime
+
+    class Tiny(SliceModel, EncoderRuntime):
+        """Embedding = 4x4 average pool of the slice, 8 channels; counts its encoder calls."""
+        image_size = 16
+
+        def __init__(self, exact=True, identity="tiny-v1", delay=0.0):
+            super().__init__(Preset(name="tiny"))
+            self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 8))
+            self.exact, self.identity, self.delay, self.calls = exact, identity, delay, []
+
+        def preprocess_slice(self, slice2d):
+            return torch.as_tensor(np.asarray(slice2d, np.float32))[None].expand(3, -1, -1), slice2d.shape
+
+        def embed(self, images):
+            import time
+            time.sleep(self.delay)
+            self.calls.append(images.shape)
+            pooled = torch.nn.functional.avg_pool2d(images[:, :1], 4)
+            return pooled * self.scale[None, :, None, None]
+
+        def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
+            raise NotImplementedError
+
+        def embedding_identity(self):
+            return self.identity
+
+        def embeddings_exact(self):
+            return self.exact
+''')
+_namespace: dict = {}
+exec(compile(TINY_MODEL, "tiny_model", "exec"), _namespace)
+Tiny = _namespace["Tiny"]
+
+
+def _volume(depth=6, seed=0):
+    return np.random.default_rng(seed).normal(size=(depth, 16, 16)).astype(np.float32)
+
+
+def test_memory_hits_and_byte_bound():
+    model = Tiny()
+    cache = SliceEmbeddingCache(model, memory_bytes=10**9)
+    cache.set_image(_volume())
+    first = cache.get(0, 2)
+    again = cache.get(0, 2)
+    assert again is first and len(model.calls) == 1 and cache.stats["cache_hits"] == 1
+    small = SliceEmbeddingCache(Tiny(), memory_bytes=int(first.nbytes * 2.5))
+    small.set_image(_volume())
+    for k in range(6):
+        small.get(0, k)
+    assert small.used_bytes <= first.nbytes * 2.5 and not small.cached(0, 0) and small.cached(0, 5)
+
+
+def test_same_pixels_reuse_the_embedding_after_set_image():
+    model = Tiny()
+    cache = SliceEmbeddingCache(model)
+    vol = _volume()
+    cache.set_image(vol)
+    cache.get(0, 3)
+    cache.set_image(vol[::-1].copy())  # the same slices in another order
+    cache.get(0, 2)
+    assert len(model.calls) == 1
+
+
+def test_inexact_embeddings_are_kept_compact_and_decoded_as_float32():
+    exact, compact = Tiny(exact=True), Tiny(exact=False)
+    vol = _volume()
+    a, b = SliceEmbeddingCache(exact), SliceEmbeddingCache(compact)
+    a.set_image(vol), b.set_image(vol)
+    da, db = a.get(0, 1), b.get(0, 1)
+    assert da.packed.dtype == torch.float32 and db.packed.dtype == torch.float16
+    assert db.embedding.dtype == torch.float32
+    assert db.packed.nbytes * 2 == da.packed.nbytes
+    assert torch.allclose(da.embedding, db.embedding, rtol=1e-3, atol=1e-3)
+
+
+def test_disk_store_skips_the_encoder_for_a_new_cache(tmp_path):
+    vol = _volume()
+    first = SliceEmbeddingCache(Tiny(), disk=DiskEmbeddingStore(tmp_path))
+    first.set_image(vol)
+    expected = [first.get(0, k).embedding for k in range(6)]
+    model = Tiny()
+    second = SliceEmbeddingCache(model, disk=DiskEmbeddingStore(tmp_path))
+    second.set_image(vol)
+    got = [second.get(0, k).embedding for k in range(6)]
+    assert model.calls == [] and second.stats["disk_hits"] == 6 and second.stats["embedded"] == 0
+    assert all(torch.equal(x, y) for x, y in zip(expected, got))
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_disk_entries_are_keyed_by_model_identity(tmp_path):
+    vol = _volume()
+    a = SliceEmbeddingCache(Tiny(identity="weights-a"), disk=DiskEmbeddingStore(tmp_path))
+    a.set_image(vol)
+    a.get(0, 0)
+    other = Tiny(identity="weights-b")
+    b = SliceEmbeddingCache(other, disk=DiskEmbeddingStore(tmp_path))
+    b.set_image(vol)
+    b.get(0, 0)
+    assert len(other.calls) == 1  # another model (or precision) never reads a's entry
+    unpersisted = Tiny(identity=None)
+    c = SliceEmbeddingCache(unpersisted, disk=DiskEmbeddingStore(tmp_path / "c"))
+    c.set_image(vol)
+    c.get(0, 0)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupt_disk_entries_are_ignored_and_replaced(tmp_path, damage):
+    vol = _volume()
+    writer = SliceEmbeddingCache(Tiny(), disk=DiskEmbeddingStore(tmp_path))
+    writer.set_image(vol)
+    good = writer.get(0, 0).embedding
+    (path,) = list(tmp_path.rglob("*.emb"))
+    raw = bytearray(path.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flip":
+        raw[-5] ^= 0xFF
+    else:
+        raw = bytearray(b"not an embedding")
+    path.write_bytes(bytes(raw))
+    model = Tiny()
+    reader = SliceEmbeddingCache(model, disk=DiskEmbeddingStore(tmp_path))
+    reader.set_image(vol)
+    assert torch.equal(reader.get(0, 0).embedding, good) and len(model.calls) == 1
+    fresh = SliceEmbeddingCache(Tiny(), disk=DiskEmbeddingStore(tmp_path))
+    fresh.set_image(vol)
+    fresh.get(0, 0)
+    assert fresh.stats["disk_hits"] == 1  # the re-embedded entry was written back
+
+
+def test_disk_store_stays_within_its_bound(tmp_path):
+    entry = SliceEmbeddingCache(Tiny(), disk=DiskEmbeddingStore(tmp_path))
+    entry.set_image(_volume(1))
+    entry.get(0, 0)
+    size = next(tmp_path.rglob("*.emb")).stat().st_size
+    store = DiskEmbeddingStore(tmp_path / "bounded", max_bytes=size * 5)
+    cache = SliceEmbeddingCache(Tiny(), disk=store)
+    cache.set_image(_volume(40, seed=1))
+    for k in range(40):
+        cache.get(0, k)
+    store.prune()
+    files = list((tmp_path / "bounded").rglob("*.emb"))
+    assert 0 < len(files) <= 5 and sum(f.stat().st_size for f in files) <= size * 5
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert user_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(CACHE_DIR_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert user_cache_dir() == tmp_path / "xdg" / "samadapt3d"
+    monkeypatch.setenv(DISK_CACHE_ENV, "off")
+    assert DiskEmbeddingStore.default() is None
+
+
+def test_outward_order_covers_every_slice_once():
+    assert list(outward_order(2, 6)) == [2, 3, 1, 4, 0, 5]
+    assert sorted(outward_order(9, 10)) == list(range(10))
+    assert list(outward_order(0, 1)) == [0]
+
+
+def test_prefetch_embeds_outward_and_stops_when_cancelled():
+    model = Tiny(delay=0.01)
+    cache = SliceEmbeddingCache(model)
+    vol = _volume(30, seed=2)
+    cache.set_image(vol)
+    done = threading.Event()
+    cache.prefetch(0, 12, on_done=lambda n: done.set())
+    assert done.wait(10)
+    assert len(model.calls) == 30 and all(cache.cached(0, k) for k in range(30))
+    slow = Tiny(delay=0.05)
+    cache2 = SliceEmbeddingCache(slow)
+    cache2.set_image(vol)
+    cache2.prefetch(0, 0)
+    time.sleep(0.12)
+    cache2.get(0, 29)  # the caller's slice is served between two prefetched ones
+    cache2.stop_prefetch()
+    count = len(slow.calls)
+    time.sleep(0.15)
+    assert len(slow.calls) == count < 30 and not cache2.prefetching() and cache2.cached(0, 29)
+
+
+def test_engine_uses_the_disk_store_across_processes(tmp_path):
+    """A second process on the same image embeds no slice (what repeated CLI calls and a server restart do)."""
+    vol_path = tmp_path / "vol.npy"
+    np.save(vol_path, _volume(5, seed=3))
+    script = TINY_MODEL + textwrap.dedent(f'''
+        from samadapt3d.engines.embedding_cache import DiskEmbeddingStore
+        from samadapt3d.engines.slices import SliceEngine
+        torch.manual_seed(0)
+        engine = SliceEngine(Tiny(), disk_cache=DiskEmbeddingStore.default())
+        engine.set_image(np.load({str(vol_path)!r}))
+        engine.warm_up(axis=0)
+        print("embedded", engine.stats["embedded"], "disk", engine.stats["disk_hits"])
+    ''')
+    env = {**os.environ, CACHE_DIR_ENV: str(tmp_path / "cache")}
+    env.pop(DISK_CACHE_ENV, None)
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert runs[0].stdout.split() == ["embedded", "5", "disk", "0"]
+    assert runs[1].stdout.split() == ["embedded", "0", "disk", "5"]
+
+
+def test_engine_without_a_disk_store_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    engine = SliceEngine(Tiny())
+    engine.set_image(_volume(3))
+    engine.warm_up(axis=0)
+    assert engine.stats["embedded"] == 3 and not list(tmp_path.iterdir())
