@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .errors import SAMAdapt3DError
-    from .models import load_model
+    from .models import DEFAULT_MODEL, load_model
     from .session import InteractiveSession
 
     try:
         volume, truth = load_demo_case()
         t0 = time.perf_counter()
-        model = load_model("litemedsam", device=args.device)
+        model = load_model(DEFAULT_MODEL, device=args.device)
         load_s = time.perf_counter() - t0
         session = InteractiveSession(model)
         session.set_image(volume)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .engines.base import ModelPrompts
+from .engines.base import ModelPrompts, Preparable
 from .errors import CancelledError, InputError
 from .preprocess import ModelSpace
 from .volume import Volume
@@ -77,30 +77,34 @@ class _Stored:
 
 
 def make_engine(model):
-    """The engine for a model's kind: SlabEngine for a prompted slab model (Med-SA), CropEngine for a
-    CropModel, SliceEngine for another SliceModel."""
+    """The engine a model declares (`model.engine`): SlabEngine ("slab", Med-SA), CropEngine ("crop",
+    3DSAM-adapter), SliceEngine ("slices", LiteMedSAM). Fixed-class models are refused."""
     from .errors import SAMAdapt3DError
-    from .families.base import CropModel, SliceModel
+    from .families.base import SegmentationModel
+    from .models import DEFAULT_MODEL
 
-    if getattr(model, "class_names", None) is not None:
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(f"no engine for a {type(model).__name__}: expected a samadapt3d SegmentationModel")
+    if model.multi_class:
+        names = model.class_names
         raise SAMAdapt3DError(
-            f"the {getattr(model, 'family', type(model).__name__)} model segments fixed classes "
-            f"({', '.join(model.class_names[:6])}{', ...' if len(model.class_names) > 6 else ''}) without prompts; "
-            "an interactive session needs a prompted model (e.g. litemedsam or 3DSAM-adapter); "
+            f"the {model.family} model segments fixed classes "
+            f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}) without prompts; "
+            f"an interactive session needs a prompted model (e.g. {DEFAULT_MODEL} or 3DSAM-adapter); "
             "run fixed-class models with `samadapt3d auto`")
-    if callable(getattr(model, "predict_volume_prompted", None)):
+    if model.engine == "slab":
         from .engines.slab import SlabEngine  # prompted slab models (Med-SA) choose their own slices
 
         return SlabEngine(model)
-    if isinstance(model, CropModel):
+    if model.engine == "crop":
         from .engines.crop import CropEngine
 
         return CropEngine(model)
-    if isinstance(model, SliceModel):
+    if model.engine == "slices":
         from .engines.slices import SliceEngine  # written with LiteMedSAM; imported only when needed
 
         return SliceEngine(model)
-    raise TypeError(f"no engine for a {type(model).__name__}: expected a CropModel or a SliceModel")
+    raise TypeError(f"no engine {model.engine!r} for a {type(model).__name__}: expected one of crop, slices, slab")
 
 
 def check_finite(array: np.ndarray, what: str = "the image") -> None:
@@ -202,11 +206,10 @@ class InteractiveSession:
         acquisition axis), so the first click is fast; cancellable with `cancel`. Returns the units of work done
         (0 for engines with nothing to prepare, e.g. a crop engine, whose crops follow the clicks)."""
         self._require_image()
-        warm_up = getattr(self.engine, "warm_up", None)
-        if warm_up is None:
+        if not isinstance(self.engine, Preparable):
             return 0
         with self._lock, self._cancellable() as event:
-            return int(warm_up(self._report, event))
+            return int(self.engine.warm_up(self._report, event))
 
     @contextlib.contextmanager
     def _cancellable(self):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -54,3 +54,11 @@ class Engine(Protocol):
     ) -> np.ndarray:
         """Foreground probability [D, H, W] float32 in [0, 1]. `seed` is an existing mask to refine
         (bool [D, H, W]) or None. Raises samadapt3d.errors.CancelledError when `cancel` is set."""
+
+
+@runtime_checkable
+class Preparable(Protocol):
+    """An engine with work to do before the first prompt (a slice engine embeds its slices)."""
+
+    def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> int:
+        """Do the prompt-independent work; returns the units of work done. Cancellable."""

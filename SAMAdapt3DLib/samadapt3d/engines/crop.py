@@ -12,8 +12,8 @@
 - Models trained with unlabelled points only cannot take negatives or boxes, so they are emulated
   (docs/SESSION.md):
   * a negative click removes the connected region of the result it lands in; when that region holds
-    positive clicks, only the voxels at least as near to the negative click as to every positive click
-    in it go (so a negative on a positive's voxel removes the whole region);
+    positive clicks, only the voxels strictly nearer to the negative click than to every positive click
+    in it go (ties go to the positive: `engines.prompts.negative_cut`);
   * a box places the first crop at its centre (the box centre is the click when there are no positive
     points) and bounds the result: nothing outside the box is foreground, and no crop grows past it.
 - A seed mask (refining an existing segment) is kept: the result is the union of the seed and what
@@ -30,6 +30,7 @@ import torch
 from ..errors import CancelledError
 from ..preprocess import extract_crop, paste_max
 from .base import ModelPrompts, ProgressCallback
+from .prompts import click_voxel, click_voxels, label_components, negative_cut
 
 _FACES = [(axis, side) for axis in range(3) for side in (-1, 1)]
 
@@ -62,8 +63,8 @@ class CropEngine:
         shape = np.asarray(self.image.shape)
         box = None
         if prompts.box is not None:
-            lo = np.clip(np.floor(prompts.box[0] + 0.5), 0, shape - 1).astype(int)
-            hi = np.clip(np.floor(prompts.box[1] + 0.5), 0, shape - 1).astype(int)
+            lo, hi = (click_voxel(c, shape) for c in prompts.box)
+            lo, hi = np.asarray(lo), np.asarray(hi)
             box = (lo, hi)
         positives = [np.asarray(p, dtype=np.float64) for p in prompts.positive]
         if not positives and box is not None and seed is None:
@@ -104,10 +105,10 @@ class CropEngine:
 
     # ---- crops --------------------------------------------------------------------------------
     def _start_centred_on(self, point) -> np.ndarray:
-        return np.floor(np.asarray(point) + 0.5).astype(int) - self.crop_size // 2
+        return np.asarray(click_voxel(point)) - self.crop_size // 2
 
     def _inside(self, point, start) -> bool:
-        p = np.floor(np.asarray(point) + 0.5)
+        p = np.asarray(click_voxel(point))
         return bool(np.all(p >= start) and np.all(p < start + self.crop_size))
 
     def features(self, start) -> object:
@@ -196,23 +197,7 @@ class CropEngine:
     # ---- negatives ----------------------------------------------------------------------------
     @staticmethod
     def _apply_negatives(prob, mask, negatives, positives) -> None:
-        import SimpleITK as sitk
-
-        labels = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
-        shape = np.asarray(prob.shape)
-        pos = np.asarray(positives, dtype=np.float64).reshape(-1, 3)
-        for neg in np.asarray(negatives, dtype=np.float64).reshape(-1, 3):
-            idx = tuple(np.clip(np.floor(neg + 0.5), 0, shape - 1).astype(int))
-            label = labels[idx]
-            if label == 0:
-                continue
-            region = labels == label
-            inside = [p for p in pos if labels[tuple(np.clip(np.floor(p + 0.5), 0, shape - 1).astype(int))] == label]
-            if not inside:
-                prob[region] = 0.0
-                continue
-            coords = np.argwhere(region).astype(np.float64)
-            d_neg = ((coords - neg) ** 2).sum(axis=1)
-            d_pos = np.min([((coords - p) ** 2).sum(axis=1) for p in inside], axis=0)
-            drop = coords[d_neg <= d_pos].astype(int)  # ties go to the negative
-            prob[tuple(drop.T)] = 0.0
+        labels = label_components(mask)
+        pos = click_voxels(positives, prob.shape)
+        for neg in click_voxels(negatives, prob.shape):
+            prob[negative_cut(mask, neg, pos, labels)] = 0.0  # ties go to the positive (engines.prompts)

@@ -60,7 +60,7 @@ def class_probabilities(
     prompt-free multi-class slab model (`model.slab_size`, `model.predict_slab`)."""
     image = _check_volume(image)
     depth = image.shape[0]
-    slab = int(getattr(model, "slab_size", 1))
+    slab = int(model.slab_size)
     half = slab // 2
     padded = np.concatenate([image[:1]] * half + [image] + [image[-1:]] * half, axis=0) if half else image
     k = 1 + len(model.class_names)
@@ -109,7 +109,7 @@ def box_probabilities(
     out = np.zeros(image.shape, dtype=np.float32)
     if d1 < d0:
         return out
-    slab = int(getattr(model, "slab_size", 1))
+    slab = int(model.slab_size)
     half = slab // 2
     planar = np.array([lo[2], lo[1], hi[2], hi[1]], dtype=np.float32)  # x0, y0, x1, y1
     padded = np.concatenate([image[:1]] * half + [image] + [image[-1:]] * half, axis=0) if half else image
@@ -181,7 +181,7 @@ class SlabEngine:
     def run(self, prompts: ModelPrompts, seed=None, progress=None, cancel=None) -> np.ndarray:
         if self._image is None:
             raise InputError("set_image first")
-        if getattr(self.model, "class_names", None):
+        if self.model.multi_class:
             probs = self.class_probabilities(progress, cancel)
             names = list(self.model.class_names)
             if self.target_class is None:

@@ -120,6 +120,8 @@ class ClassSliceModel(SliceModel):
     """A prompt-free multi-class 2D/2.5D model: `slab_size` consecutive slices in, class
     probabilities (background first) out. Driven by `samadapt3d.engines.slab`."""
 
+    prompt_kinds = frozenset()  # prompt-free: fixed classes
+    engine = "slab"
     #: consecutive slices one forward pass sees (1 for SAMed, 5 for MA-SAM)
     slab_size: int = 1
     #: bicubic detour size of the published test script (None: none)

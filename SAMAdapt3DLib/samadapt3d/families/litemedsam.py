@@ -62,7 +62,7 @@ class SliceTransform:
 
 class LiteMedSAM(SliceModel):
     family = "litemedsam"
-    supports_negative_points = False  # trained with box prompts; engines handle negative clicks
+    prompt_kinds = frozenset({"box"})  # trained with box prompts; engines emulate clicks (docs/SESSION.md)
     image_size = IMAGE_SIZE
 
     def __init__(self, preset: Preset = PRESET) -> None:

@@ -127,7 +127,8 @@ class MedSAEncoder(ImageEncoderViT):
 
 class MedSAModel(SliceModel):
     family = "med_sa"
-    supports_negative_points = True
+    prompt_kinds = frozenset({"positive", "negative"})  # boxes are emulated by the slab engine
+    engine = "slab"  # the model chooses which slices its clicks reach
 
     def __init__(self, size: str = "vit_b", image_size: int | None = None, num_multimask_outputs: int = 1,
                  chunk: int | None = None, point_convention: str = "published", preset: Preset = PRESET) -> None:

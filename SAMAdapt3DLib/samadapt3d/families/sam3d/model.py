@@ -64,7 +64,7 @@ class CropFeatures:
 
 class SAM3DAdapter(CropModel):
     family = "3dsam_adapter"
-    supports_negative_points = False
+    prompt_kinds = frozenset({"positive"})  # negatives and boxes are emulated by the crop engine
 
     def __init__(self, config: Sam3DAdapterConfig | None = None, preset: Preset | None = None) -> None:
         from .presets import GENERIC_CT
