@@ -9,28 +9,45 @@ Every user error is printed as "samadapt3d: error: <message>" with exit status 1
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import re
+import os
+import signal
 import sys
-from pathlib import Path
+import threading
 
-import numpy as np
 
-from . import __version__
-from .errors import InputError, SAMAdapt3DError
+def _interrupted_early(signum, frame) -> None:
+    # Ctrl-C before main() runs (while numpy / torch import): one line, no traceback; nothing was written yet
+    sys.stderr.write("samadapt3d: interrupted\n")
+    os._exit(130)
+
+
+if threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from . import __version__  # noqa: E402
+from .errors import InputError, SAMAdapt3DError  # noqa: E402
+from .image_files import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_ENV, MAX_IMAGE_MB_OPTION  # noqa: E402
 
 #: mask formats written as one file (so the write can be atomic)
 OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha")
 _POINT_OPTIONS = [(f"--{kind}-{space}", kind, space) for space in ("ijk", "ras", "lps") for kind in ("point", "negative")]
 
 
+#: a plain decimal number (no `1_0`, hex, nan or inf, which float() would take)
+_DECIMAL = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+
+
 def _numbers(text: str, count: int, option: str) -> tuple[float, ...]:
-    parts = [p for p in text.replace(" ", "").split(",") if p != ""]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
+    parts = [p.strip() for p in text.split(",")]
+    values = tuple(float(p) for p in parts) if all(_DECIMAL.match(p) for p in parts) else ()
     if len(values) != count or not all(np.isfinite(values)):
         raise InputError(f"{option} expects {count} comma-separated numbers, got {text!r}")
     return values
@@ -61,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", default=None, metavar="PNG", help="also write a PNG of the three slices through "
                                                                     "the first prompt with the mask drawn")
     seg.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    seg.add_argument(MAX_IMAGE_MB_OPTION, type=float, default=None, metavar="MB",
+                     help=f"refuse images that declare more voxel data than this (default: ${MAX_IMAGE_MB_ENV} or "
+                          f"{DEFAULT_MAX_IMAGE_MB:g})")
 
     auto = sub.add_parser("auto", help="segment every class of a multi-class model (SAMed, MA-SAM)",
                           description="Run a prompt-free multi-class model over the whole volume; writes a label "
@@ -72,19 +92,52 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--stride", type=int, default=1, help="slice stride of the sliding window (default: 1)")
     auto.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     auto.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    auto.add_argument(MAX_IMAGE_MB_OPTION, type=float, default=None, metavar="MB",
+                     help=f"refuse images that declare more voxel data than this (default: ${MAX_IMAGE_MB_ENV} or "
+                          f"{DEFAULT_MAX_IMAGE_MB:g})")
 
     sub.add_parser("models", help="list the built-in model names and families")
     sub.add_parser("demo", help="run the demo (samadapt3d demo --help)", add_help=False)
     sub.add_parser("bench", help="run the benchmark (samadapt3d bench --help)", add_help=False)
     sub.add_parser("train", help="fine-tune adapters on labelled volumes (samadapt3d train --help)", add_help=False)
+    sub.add_parser("serve", help="serve sessions over HTTP for Slicer or remote use (samadapt3d serve --help)",
+                   add_help=False)
     return parser
+
+
+class _Terminated(BaseException):
+    """SIGTERM / SIGHUP: unwinds like Ctrl-C, so that temporary files are removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """Ctrl-C raises KeyboardInterrupt again (the early handler exits at once); SIGTERM / SIGHUP unwind."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), _terminate)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _install_signal_handlers()
     try:
         if argv and argv[0] in ("demo", "bench"):
             return _delegate(argv[0], argv[1:])
+        if argv and argv[0] == "serve":
+            return _delegate("server", argv[1:])
         if argv and argv[0] == "train":
             from .training.cli import main as train_main
 
@@ -105,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("samadapt3d: interrupted", file=sys.stderr)
         return 130
+    except _Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"samadapt3d: stopped by {name} (no partial file is left)", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 _VALUE_OPTIONS = {option for option, _, _ in _POINT_OPTIONS} | {"--box-ijk"}
@@ -169,8 +229,7 @@ def _check_writable(path: Path, what: str) -> None:
 
 
 def segment_command(args) -> int:
-    from .session import InteractiveSession, box_to_index, check_finite, point_to_index
-    from .volume import Volume
+    from .session import InteractiveSession, box_to_index, point_to_index
 
     output = Path(args.output)
     _output_suffix(output)
@@ -180,10 +239,14 @@ def segment_command(args) -> int:
         if overlay.suffix.lower() != ".png":
             raise InputError(f"--overlay {overlay} must end in .png")
         _check_writable(overlay, "overlay")
+    seed_path, seed_segment = _seed_spec(args.seed_mask) if args.seed_mask is not None else (None, None)
+    inputs = [Path(args.image)] + ([Path(seed_path)] if seed_path else [])
+    _check_not_an_input(output, inputs)
+    if overlay is not None:
+        _check_not_an_input(overlay, inputs + [output])
 
     # everything about the input is checked before the (slow) model load
-    volume = Volume.from_file(args.image)
-    check_finite(volume.array, f"{args.image}")
+    volume = _read_image(args.image, args.max_image_mb)
     positive, negative, ordered = [], [], []
     for option, kind, space in _POINT_OPTIONS:
         for text in getattr(args, option[2:].replace("-", "_")):
@@ -195,8 +258,8 @@ def segment_command(args) -> int:
         values = _numbers(args.box_ijk, 6, "--box-ijk")
         box = box_to_index(volume, values[:3], values[3:], "ijk")
     seed = None
-    if args.seed_mask is not None:
-        seed = _read_seed(args.seed_mask, volume)
+    if seed_path is not None:
+        seed = _read_seed(seed_path, seed_segment, volume, args.max_image_mb)
     if not positive and box is None and seed is None:
         raise InputError("nothing to segment: give at least one --point-ijk/--point-ras/--point-lps, a --box-ijk "
                          "or a --seed-mask")
@@ -237,16 +300,14 @@ def auto_command(args) -> int:
     from .automatic import save_label_map, segment_all_classes
     from .device import resolve_device
     from .models import load_model
-    from .session import check_finite
-    from .volume import Volume
 
     output = Path(args.output)
     _output_suffix(output)
     _check_writable(output, "label map")
     if args.stride < 1:
         raise InputError(f"--stride must be at least 1, got {args.stride}")
-    volume = Volume.from_file(args.image)
-    check_finite(volume.array, f"{args.image}")
+    _check_not_an_input(output, [Path(args.image)])
+    volume = _read_image(args.image, args.max_image_mb)
     model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device))
     bar = _progress_bar(args.quiet)
     try:
@@ -269,13 +330,75 @@ def _centre(mask: np.ndarray):
     return idx.mean(axis=0)[::-1]
 
 
-def _read_seed(spec: str, volume) -> np.ndarray:
-    from .labels import read_mask
+def _seed_spec(spec: str) -> tuple[str, str | None]:
+    """`--seed-mask FILE[:SEGMENT]` -> (file, segment or None); `FILE:` (an empty name) is refused."""
+    if Path(spec).is_file() or ":" not in spec:
+        return spec, None
+    path, segment = spec.rsplit(":", 1)
+    if not segment.strip():
+        raise InputError(f"--seed-mask {spec!r}: the segment name after ':' is empty; give a name or label value, "
+                         "or leave out the ':' to use every segment")
+    return path, segment.strip()
 
-    path, segment = spec, None
-    if not Path(spec).is_file() and ":" in spec:
-        path, segment = spec.rsplit(":", 1)
-    return read_mask(path, segment or None, reference=volume)
+
+def _read_seed(path: str, segment: str | None, volume, max_mb: float | None) -> np.ndarray:
+    from .image_files import native_stderr_silenced
+    from .labels import mask_on_grid, read_labels
+
+    with native_stderr_silenced():
+        labels = read_labels(path)
+    mask = labels.mask(segment)
+    what = f"segment {segment!r} of {path}" if segment is not None else f"the seed mask {path}"
+    if not mask.any():
+        raise InputError(f"{what} is empty: nothing to refine")
+    moved = mask_on_grid(mask, labels.grid, volume)
+    if not moved.any():
+        raise InputError(f"{what} does not overlap the image: its {int(mask.sum())} voxels lie outside it "
+                         f"(mask grid size {labels.grid.size_ijk}, origin {tuple(round(float(v), 2) for v in labels.grid.origin)}; "
+                         f"image size {volume.size_ijk}, origin {tuple(round(float(v), 2) for v in volume.origin)})")
+    return moved
+
+
+#: slices narrower than this fraction of their length shrink to nothing when a model resizes them (256 px and up)
+MAX_SLICE_ASPECT = 128
+
+
+def _read_image(path: str, max_mb: float | None):
+    """The input volume, with every check that needs only the image (before the slow model load)."""
+    from .image_files import native_stderr_silenced
+    from .session import check_finite
+    from .volume import Volume, check_float32_range
+
+    with native_stderr_silenced():
+        volume = Volume.from_file(path, max_mb)
+    check_finite(volume.array, f"{path}")
+    check_float32_range(volume.array, f"{path}")
+    spacing_kji = tuple(volume.spacing[::-1])
+    slicing = max(range(3), key=lambda a: (spacing_kji[a], -a))  # the acquisition axis, ties towards k
+    plane = [n for a, n in enumerate(volume.array.shape) if a != slicing]
+    if max(plane) > MAX_SLICE_ASPECT * min(plane):
+        raise InputError(f"{path}: its slices of {plane[1]} x {plane[0]} voxels are too thin for the models (which "
+                         f"resize the longer side to 256 pixels or more); the shorter side must be at least "
+                         f"1/{MAX_SLICE_ASPECT} of the longer")
+    low, high = np.min(volume.array), np.max(volume.array)
+    if low == high:
+        print(f"samadapt3d: warning: {path} is constant (every voxel is {float(low):g}): the mask will not follow "
+              "any structure", file=sys.stderr)
+    return volume
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_an_input(output: Path, inputs: list[Path]) -> None:
+    """An output must never replace an input: same path, symlink or hard link (checked before the model loads)."""
+    for source in inputs:
+        if _same_file(output, source) or os.path.realpath(output) == os.path.realpath(source):
+            raise InputError(f"output {output} is the input {source}: choose another output name")
 
 
 def _progress_bar(quiet: bool):
