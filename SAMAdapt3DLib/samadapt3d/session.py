@@ -76,6 +76,10 @@ class _Stored:
         return _State(self.prompts, self.seed, mask, prob, self.view_axis)
 
 
+def _without_box(prompts: tuple[Prompt, ...]) -> tuple[Prompt, ...]:
+    return tuple(p for p in prompts if p.kind != "box")
+
+
 def make_engine(model):
     """The engine a model declares (`model.engine`): SlabEngine ("slab", Med-SA), CropEngine ("crop",
     3DSAM-adapter), SliceEngine ("slices", LiteMedSAM). Fixed-class models are refused."""
@@ -271,7 +275,7 @@ class InteractiveSession:
         if view_axis is not None and view_axis not in (0, 1, 2):
             raise InputError(f"view_axis must be 0, 1, 2 (an ijk axis) or None, got {view_axis!r}")
         prompt = Prompt("positive" if positive else "negative", tuple(float(v) for v in ijk), None, view_axis)
-        return self._change(prompts=self._state.prompts + (prompt,), view_axis=view_axis)
+        return self._change(lambda state: (state.prompts + (prompt,), state.seed), view_axis=view_axis)
 
     def box_to_index(self, corner_a, corner_b, space: str = "ijk") -> tuple[tuple, tuple]:
         """A box's (lo, hi) inclusive voxel corners (i, j, k); see `box_to_index`."""
@@ -279,21 +283,24 @@ class InteractiveSession:
 
     def set_box(self, corner_a, corner_b, space: str = "ijk") -> np.ndarray:
         lo, hi = self.box_to_index(corner_a, corner_b, space)
-        prompts = tuple(p for p in self._state.prompts if p.kind != "box") + (Prompt("box", lo, hi),)
-        return self._change(prompts=prompts)
+        return self._change(lambda state: (_without_box(state.prompts) + (Prompt("box", lo, hi),), state.seed))
 
     def clear_box(self) -> np.ndarray:
-        prompts = tuple(p for p in self._state.prompts if p.kind != "box")
-        if len(prompts) == len(self._state.prompts):
-            return self.mask
-        return self._change(prompts=prompts)
+        def build(state: _State):
+            prompts = _without_box(state.prompts)
+            return None if len(prompts) == len(state.prompts) else (prompts, state.seed)
+
+        return self._change(build)
 
     def remove_prompt(self, index: int) -> np.ndarray:
-        prompts = list(self._state.prompts)
-        if not isinstance(index, (int, np.integer)) or not -len(prompts) <= index < len(prompts):
-            raise InputError(f"no prompt {index!r}: the session has {len(prompts)} prompts")
-        del prompts[index]
-        return self._change(prompts=tuple(prompts))
+        def build(state: _State):
+            prompts = list(state.prompts)
+            if not isinstance(index, (int, np.integer)) or not -len(prompts) <= index < len(prompts):
+                raise InputError(f"no prompt {index!r}: the session has {len(prompts)} prompts")
+            del prompts[index]
+            return tuple(prompts), state.seed
+
+        return self._change(build)
 
     def set_seed_mask(self, mask_kji: np.ndarray | None) -> np.ndarray:
         """Start from an existing segment: it becomes the mask, prompts are cleared, and later prompts
@@ -307,14 +314,17 @@ class InteractiveSession:
             check_finite(seed, "the seed mask")
             seed = np.ascontiguousarray(seed > 0.5 if seed.dtype != np.bool_ else seed)
             seed.setflags(write=False)
-        return self._change(prompts=(), seed=seed)
+        return self._change(lambda state: ((), seed))
 
     def reset(self) -> np.ndarray:
         """Drop prompts and seed (undoable)."""
         self._require_image()
-        if not self._state.prompts and self._state.seed is None and not self.mask.any():
-            return self.mask
-        return self._change(prompts=(), seed=None)
+
+        def build(state: _State):
+            empty = not state.prompts and state.seed is None and (state.mask is None or not state.mask.any())
+            return None if empty else ((), None)
+
+        return self._change(build)
 
     def segment(self, positive: Sequence = (), negative: Sequence = (), box=None, space: str = "ijk",
                 seed: np.ndarray | None = None) -> np.ndarray:
@@ -325,12 +335,13 @@ class InteractiveSession:
         if box is not None:
             lo, hi = self.box_to_index(box[0], box[1], space)
             prompts.append(Prompt("box", lo, hi))
-        seed_arr = self._state.seed
+        seed_arr = None
         if seed is not None:
             seed_arr = np.asarray(seed) > 0.5 if np.asarray(seed).dtype != np.bool_ else np.asarray(seed)
             if seed_arr.shape != self.volume.array.shape:
                 raise InputError(f"seed mask shape {seed_arr.shape} does not match the image's {self.volume.array.shape}")
-        return self._change(prompts=tuple(prompts), seed=seed_arr)
+        prompts = tuple(prompts)
+        return self._change(lambda state: (prompts, state.seed if seed_arr is None else seed_arr))
 
     # ---- undo / redo ------------------------------------------------------------------------
     def undo(self) -> np.ndarray:
@@ -362,12 +373,17 @@ class InteractiveSession:
         return self._cancel_event is not None
 
     # ---- the one place that runs the model --------------------------------------------------
-    _UNSET = object()
-
-    def _change(self, prompts: tuple[Prompt, ...], seed=_UNSET, view_axis: int | None = None) -> np.ndarray:
+    def _change(self, build: Callable[[_State], tuple[tuple[Prompt, ...], np.ndarray | None] | None],
+                view_axis: int | None = None) -> np.ndarray:
+        """Run `build(current state) -> (prompts, seed)` (None: nothing to change) and the model, all under the
+        lock: the new prompt list is made from the state the change applies to, so concurrent calls from
+        several threads are serialised and none is lost."""
         self._require_image()
         with self._lock:
-            seed = self._state.seed if seed is self._UNSET else seed
+            change = build(self._state)
+            if change is None:
+                return self.mask
+            prompts, seed = change
             with self._cancellable() as event:
                 new_state = self._compute(prompts, seed, view_axis, event)
             self._undo.append(_Stored.pack(self._state))
@@ -424,6 +440,7 @@ class InteractiveSession:
             negative=space.index_to_model(neg) if neg else np.zeros((0, 3)),
             box=box,
             view_axis=space.axis_to_model(view_axis),
+            order=tuple(p.kind for p in prompts if p.kind in POINT_KINDS),
         )
 
     def _report(self, fraction: float, message: str) -> None:

@@ -139,12 +139,14 @@ def test_prompt_list_remove_undo_redo_reset():
     m1 = s.add_point((5, 5, 3)).copy()
     m2 = s.add_point((12, 12, 10)).copy()
     assert np.array_equal(m2, (arr == 100) | (arr == 200))
-    s.add_point((5, 5, 3), positive=False)
-    assert np.array_equal(s.mask, arr == 200)
+    s.add_point((4, 8, 5), positive=False)  # cuts the voxels of block 100 strictly nearer to it than to (5, 5, 3)
+    k, j, i = np.indices(arr.shape)
+    nearer = (i - 4) ** 2 + (j - 8) ** 2 + (k - 5) ** 2 < (i - 5) ** 2 + (j - 5) ** 2 + (k - 3) ** 2
+    assert np.array_equal(s.mask, m2 & ~((arr == 100) & nearer))
     assert [p.kind for p in s.prompts] == ["positive", "positive", "negative"]
     assert s.prompts[0] == Prompt("positive", (5.0, 5.0, 3.0))
     assert np.array_equal(s.remove_prompt(2), m2)
-    assert np.array_equal(s.undo(), arr == 200) and s.can_redo
+    assert np.array_equal(s.undo(), m2 & ~((arr == 100) & nearer)) and s.can_redo
     assert np.array_equal(s.undo(), m2)
     assert np.array_equal(s.undo(), m1)
     assert np.array_equal(s.redo(), m2)
@@ -273,8 +275,8 @@ def test_cancel_from_another_thread_leaves_the_state_unchanged():
 def test_segment_one_shot():
     arr = phantom()
     s = session_for(Volume(arr))
-    mask = s.segment(positive=[(5, 5, 3), (12, 12, 10)], negative=[(12, 12, 10)])
-    assert np.array_equal(mask, arr == 100)
+    mask = s.segment(positive=[(5, 5, 3), (5, 4, 10)], negative=[(12, 12, 10)])
+    assert np.array_equal(mask, (arr == 100) | (arr == 300))  # the negative lands outside: nothing to cut
     assert [p.kind for p in s.prompts] == ["positive", "positive", "negative"]
 
 

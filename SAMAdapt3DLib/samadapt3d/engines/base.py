@@ -25,6 +25,10 @@ class ModelPrompts:
     box: tuple[np.ndarray, np.ndarray] | None = None
     #: model axis (0, 1 or 2) of the 2D view the latest click came from, when known
     view_axis: int | None = None
+    #: the order the clicks were given in: "positive" / "negative" per click, taking `positive` and `negative`
+    #: in turn (so engines that compose clicks one by one, docs/SESSION.md, see the history); None: all
+    #: positives, then all negatives
+    order: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.positive = _points(self.positive)
@@ -32,6 +36,18 @@ class ModelPrompts:
         if self.box is not None:
             lo, hi = (np.asarray(c, dtype=np.float64).reshape(3) for c in self.box)
             self.box = (np.minimum(lo, hi), np.maximum(lo, hi))
+        if self.order is None:
+            self.order = ("positive",) * len(self.positive) + ("negative",) * len(self.negative)
+        self.order = tuple(self.order)
+        if (self.order.count("positive"), self.order.count("negative"), len(self.order)) != (
+                len(self.positive), len(self.negative), len(self.positive) + len(self.negative)):
+            raise ValueError(f"click order {self.order} does not match {len(self.positive)} positive and "
+                             f"{len(self.negative)} negative clicks")
+
+    def clicks(self) -> list[tuple[bool, np.ndarray]]:
+        """(positive?, point (d, h, w)) for every click, in the order given."""
+        taken = {"positive": iter(self.positive), "negative": iter(self.negative)}
+        return [(kind == "positive", next(taken[kind])) for kind in self.order]
 
     @property
     def empty(self) -> bool:
