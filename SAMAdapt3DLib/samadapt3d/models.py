@@ -9,14 +9,15 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from .checkpoints import load_weights, read_safetensors_metadata
 from .device import resolve_device
-from .errors import CheckpointError, ModelNotFoundError
+from .errors import CheckpointError, InputError, ModelNotFoundError
 from .families.base import SegmentationModel
+from .runtime import apply_precision
 
 FAMILY_MODULES = (
     "samadapt3d.families.sam3d_adapter",
@@ -40,6 +41,8 @@ class FamilySpec:
     #: names that need no file, e.g. the embedded LiteMedSAM -> callable returning the model
     builtin_names: dict[str, Callable[..., SegmentationModel]] = field(default_factory=dict)
     description: str = ""
+    #: keyword settings `load` takes from the caller (load_model's `options`; CLI --model-option key=value)
+    options: tuple[str, ...] = ()
 
 
 def families() -> list[FamilySpec]:
@@ -74,18 +77,25 @@ def load_model(
     path_or_name: str | os.PathLike | None = None,
     sam_checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    options: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> SegmentationModel:
     """Load a model by built-in name (e.g. "litemedsam") or from a weight file of any supported family.
 
     Adapter files that hold only their own tensors (SAMed, MA-SAM, Med-SA, our safetensors) need the SAM base file
-    they were trained on: `sam_checkpoint`, or else the one official SAM file lying next to the model file."""
+    they were trained on: `sam_checkpoint`, or else the one official SAM file lying next to the model file.
+    `options` are family settings (e.g. Med-SA's chunk), passed to the family's loader; an option the file's
+    family does not declare (`FamilySpec.options`) is refused. `precision` ("auto", "fp32", "bf16";
+    samadapt3d.runtime): how LiteMedSAM's encoder runs (default: the family's own, "auto"); others take "fp32"."""
     target = resolve_device(device)
     name = DEFAULT_MODEL if path_or_name is None else str(path_or_name)
     specs = families()
     for spec in specs:
         if name.lower() in spec.builtin_names:
+            if options:
+                raise InputError(f"model options ({', '.join(sorted(options))}) apply to weight files, not {name!r}")
             model = spec.builtin_names[name.lower()](sam_checkpoint=sam_checkpoint)
-            return model.to(target).eval()
+            return apply_precision(model.to(target).eval(), precision)
     path = Path(name).expanduser()
     if not path.exists():
         known = ", ".join(builtin_model_names()) or "none"
@@ -98,7 +108,11 @@ def load_model(
         sam_checkpoint = find_sam_base(path)
     for spec in specs:
         if spec.detect(obj):
-            model = spec.load(obj, path=path, sam_checkpoint=sam_checkpoint)
-            return model.to(target).eval()
+            unknown = sorted(set(options or {}) - set(spec.options))
+            if unknown:
+                known = ", ".join(spec.options) or "none"
+                raise InputError(f"model option {', '.join(unknown)} is not one of {spec.name}'s ({known})")
+            model = spec.load(obj, path=path, sam_checkpoint=sam_checkpoint, **dict(options or {}))
+            return apply_precision(model.to(target).eval(), precision)
     keys = ", ".join(sorted(str(k) for k in obj)[:8])
     raise CheckpointError(f"{path}: no model family recognises this file (top-level keys: {keys})")

@@ -31,10 +31,16 @@ from ..checkpoints import check_state_dict, strip_prefix
 from ..errors import CheckpointError, InputError
 from ..models import FamilySpec
 from ..preprocess import Preset
-from ..sam.build_sam import SAM_SIZES, SamSize, build_mask_decoder, build_prompt_encoder
+from ..sam.build_sam import PIXEL_MEAN, PIXEL_STD, SAM_SIZES, SamSize, build_mask_decoder, build_prompt_encoder
+from ..sam.efficient_transformer import build_residual_mask_decoder
 from ..sam.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
 from ._sam2d_common import ENCODER, load_sam_base, size_name_from_state, sized, slice_to_input
 from .base import SliceModel
+from .med_sa_versions import (DEFAULT_CHUNK, LAYOUT_KEYS, PROCESSING, SAM_LAYOUT, Processing, config_of,
+                              decoder_layout, parse_chunk, processing_for)
+
+#: 8-bit range the "sam255" normalisation scales [0, 1] slices to (the published 2D loaders' ToTensor * 255)
+PIXEL_SCALE_255 = 255.0
 
 PRESET = Preset(name="med-sa-minmax", spacing=None, orientation="LPS", clip=None, normalization="minmax")
 
@@ -74,17 +80,21 @@ class MedSABlock(Block):
         self.Space_Adapter = Adapter(dim, skip=True)
         self.Depth_Adapter = Adapter(dim, skip=False)
         self.scale = scale
-        self.slices = 1
+        #: consecutive batch items one depth sequence holds (published `-chunk`); None: the whole batch
+        self.depth_group: int | None = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, padded = window_partition(x, self.window_size)
+        n, hh, ww, c = x.shape
+        # consecutive batch items grouped as published: windows in windowed blocks (after the partition)
+        d = self.depth_group or n
         xd = None
-        if self.slices > 1:
-            n, hh, ww, c = x.shape
-            d = self.slices  # consecutive batch items grouped as published (windows in windowed blocks)
+        if d > 1:
+            if n % d:
+                raise InputError(f"Med-SA depth grid: {n} batch items do not split into groups of {d}")
             xd = x.reshape(n // d, d, hh, ww, c).permute(0, 2, 3, 1, 4).reshape(-1, d, c)
             dh, dw = depth_grid(d)
             xd = self.Depth_Adapter(self.attn(self.norm1(xd).reshape(-1, dh, dw, c)))
@@ -113,9 +123,10 @@ class MedSAEncoder(ImageEncoderViT):
                        window_size=0 if i in s.global_attn_indexes else s.window_size)
             for i in range(s.depth))
 
-    def forward_slices(self, x: torch.Tensor, slices: int) -> torch.Tensor:
+    def forward_slices(self, x: torch.Tensor, depth_group: int | None) -> torch.Tensor:
+        """Inputs [n, 3, S, S]; every `depth_group` consecutive items (None: all) share the depth branch."""
         for block in self.blocks:
-            block.slices = slices
+            block.depth_group = depth_group
         x = self.patch_embed(x)
         pos = F.interpolate(self.pos_embed.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic",
                             align_corners=False).permute(0, 2, 3, 1)
@@ -131,13 +142,25 @@ class MedSAModel(SliceModel):
     engine = "slab"  # the model chooses which slices its clicks reach
 
     def __init__(self, size: str = "vit_b", image_size: int | None = None, num_multimask_outputs: int = 1,
-                 chunk: int | None = None, point_convention: str = "published", preset: Preset = PRESET) -> None:
+                 chunk: int | None = DEFAULT_CHUNK, eval_chunk: int | None = None, layout: str = SAM_LAYOUT,
+                 processing: Processing | None = None, point_convention: str = "published",
+                 preset: Preset = PRESET) -> None:
         super().__init__(preset)
         base = SAM_SIZES[size]
         self.size_name = size
         self.image_size = image_size or base.img_size
-        #: slices the depth branch sees at once (published evaluation: `evl_chunk`, else the volume)
+        #: the depth grid: consecutive slices (windows in windowed blocks) one depth sequence holds, the
+        #: published training `-chunk`; None: the whole stack (published without -chunk)
         self.chunk = chunk
+        #: slices one forward pass sees (published `-evl_chunk`); None: `chunk`, else the whole volume
+        self.eval_chunk = eval_chunk
+        if chunk is not None and eval_chunk is not None and eval_chunk % chunk:
+            raise InputError(f"Med-SA eval_chunk={eval_chunk} must be a multiple of chunk={chunk} "
+                             "(the published depth rearrangement needs it)")
+        if layout not in LAYOUT_KEYS:
+            raise ValueError(f"layout is one of {', '.join(LAYOUT_KEYS)}")
+        self.layout = layout
+        self.processing = processing or PROCESSING[layout]
         if point_convention not in ("published", "xy"):
             raise ValueError("point_convention is 'published' or 'xy'")
         self.point_convention = point_convention
@@ -145,15 +168,39 @@ class MedSAModel(SliceModel):
         grid = self.image_size // s.patch_size
         self.image_encoder = MedSAEncoder(base, self.image_size)
         self.prompt_encoder = build_prompt_encoder(s.prompt_embed_dim, self.image_size, grid)
-        self.mask_decoder = build_mask_decoder(s.prompt_embed_dim, s.decoder_depth, s.decoder_heads,
-                                               s.decoder_mlp_dim, num_multimask_outputs=num_multimask_outputs)
+        build_decoder = build_mask_decoder if layout == SAM_LAYOUT else build_residual_mask_decoder
+        self.mask_decoder = build_decoder(s.prompt_embed_dim, s.decoder_depth, s.decoder_heads, s.decoder_mlp_dim,
+                                          num_multimask_outputs=num_multimask_outputs)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
 
     def preprocess_slice(self, slice2d):
-        return slice_to_input(slice2d, self.image_size), tuple(np.shape(slice2d))
+        """A [0, 1] slice -> model input [3, S, S]: resized (torchvision Resize's bilinear, or the older
+        bicubic), grey in 3 channels, normalised by SAM's pixel mean/std where the generation does."""
+        if self.processing.resize == "bicubic":
+            image = slice_to_input(slice2d, self.image_size)
+        else:
+            t = torch.as_tensor(np.asarray(slice2d, dtype=np.float32))
+            if t.ndim != 2:
+                raise InputError(f"expected a 2D slice, got shape {tuple(t.shape)}")
+            t = F.interpolate(t[None, None], (self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=False)
+            image = t[0].expand(3, -1, -1)
+        if self.processing.pixel_norm != "none":
+            scale = PIXEL_SCALE_255 if self.processing.pixel_norm == "sam255" else 1.0
+            image = (image.to(self.pixel_mean.device) * scale - self.pixel_mean) / self.pixel_std
+        return image.contiguous(), tuple(np.shape(slice2d))
 
-    def embed(self, images: torch.Tensor, slices: int | None = None) -> torch.Tensor:
+    def depth_group_for(self, slices: int) -> int:
+        """The depth grid of a stack: `chunk` where it divides the stack, else the whole stack (a volume
+        thinner than the training chunk; the published evaluation skips such a volume)."""
+        if self.chunk is not None and slices % self.chunk == 0:
+            return self.chunk
+        return slices
+
+    def embed(self, images: torch.Tensor, depth_group: int | None = None) -> torch.Tensor:
         """Inputs [d, 3, S, S] of d consecutive slices (one stack)."""
-        return self.image_encoder.forward_slices(images, slices or images.shape[0])
+        return self.image_encoder.forward_slices(images, depth_group or self.depth_group_for(images.shape[0]))
 
     def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
@@ -172,28 +219,36 @@ class MedSAModel(SliceModel):
         -> foreground probability [d, H, W]."""
         stack = np.asarray(stack, dtype=np.float32)
         images = torch.stack([self.preprocess_slice(s)[0] for s in stack]).to(self.device)
-        emb = self.embed(images, stack.shape[0])
+        emb = self.embed(images, self.depth_group_for(stack.shape[0]))
         coords = np.stack([self.to_model_points(p, stack.shape[1:]) for p in points])
         pts = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, dtype=torch.int, device=self.device))
         logits, _ = self.decode(emb, points=pts)
-        logits = F.interpolate(logits[:, :1], stack.shape[1:], mode="bilinear", align_corners=False)
+        if self.processing.upsample == "nearest":
+            logits = F.interpolate(logits[:, :1], stack.shape[1:], mode="nearest")
+        else:
+            logits = F.interpolate(logits[:, :1], stack.shape[1:], mode="bilinear", align_corners=False)
         return torch.sigmoid(logits[:, 0])
+
+    def stack_size(self, depth: int, click_span: int) -> int:
+        """Slices per forward pass: `eval_chunk`, else `chunk`, else the whole volume; at most the volume."""
+        del click_span  # the published settings decide, not the clicks
+        size = self.eval_chunk or self.chunk or depth
+        return min(size, depth)
 
     @torch.no_grad()
     def predict_volume_prompted(self, image: np.ndarray, positive: np.ndarray, negative: np.ndarray,
                                 box=None, tick: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Clicks (d, h, w) -> probability [D, H, W]. Slices are run in stacks of `chunk` (default:
-        all slices between the outermost clicks, at least 2); every slice of a stack gets every
-        click's in-plane position, labelled positive/negative, as its point prompts (the published
-        evaluation gives each slice one point). Slices outside the stacks stay 0."""
+        """Clicks (d, h, w) -> probability [D, H, W]. Slices are run in stacks of `stack_size` centred on
+        the clicks (more stacks where the clicks span more); every slice of a stack gets every click's
+        in-plane position, labelled positive/negative, as its point prompts (the published evaluation
+        gives each slice one point). Slices outside the stacks stay 0."""
         if box is not None:
             raise InputError("Med-SA takes point prompts, not boxes")
         clicks = np.concatenate([positive, negative]).reshape(-1, 3)
         labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
         depth = image.shape[0]
         d_lo, d_hi = int(np.floor(clicks[:, 0].min() + 0.5)), int(np.floor(clicks[:, 0].max() + 0.5))
-        chunk = self.chunk or max(d_hi - d_lo + 1, 2)
-        chunk = min(chunk, depth)
+        chunk = self.stack_size(depth, d_hi - d_lo + 1)
         centre = (d_lo + d_hi) // 2
         first = int(np.clip(centre - chunk // 2, 0, depth - chunk))
         starts = list(range(first, d_hi + 1, chunk)) if d_hi >= first + chunk else [first]
@@ -210,7 +265,9 @@ class MedSAModel(SliceModel):
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "size": self.size_name, "image_size": self.image_size, "chunk": self.chunk}
+        return {**super().describe(), "size": self.size_name, "image_size": self.image_size, "chunk": self.chunk,
+                "eval_chunk": self.eval_chunk, "decoder_layout": self.layout,
+                "processing": dict(vars(self.processing))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,9 +290,22 @@ def detect(obj: Mapping[str, Any]) -> bool:
     return any(".Space_Adapter.D_fc1." in str(k) for k in state)
 
 
-def load(obj: Mapping[str, Any], path=None, sam_checkpoint=None, chunk: int | None = None,
-         point_convention: str = "published") -> MedSAModel:
+_FROM_CONFIG = object()  # load(): take the setting from the checkpoint's config, else the published default
+
+
+def load(obj: Mapping[str, Any], path=None, sam_checkpoint=None, chunk: Any = _FROM_CONFIG,
+         eval_chunk: Any = _FROM_CONFIG, resize: str | None = None, pixel_norm: str | None = None,
+         upsample: str | None = None, point_convention: str = "published") -> MedSAModel:
+    """A Med-SA model from a checkpoint of either decoder generation (told by its keys). `chunk` /
+    `eval_chunk` (ints, or None / "none") and `resize` / `pixel_norm` / `upsample` override what the
+    checkpoint's config and its generation give (docs/FAMILIES.md, Med-SA)."""
     source = str(path) if path is not None else "Med-SA checkpoint"
+    config = config_of(obj)
+    if chunk is _FROM_CONFIG:
+        chunk = config.get("chunk", DEFAULT_CHUNK)
+    if eval_chunk is _FROM_CONFIG:
+        eval_chunk = config.get("evl_chunk", config.get("eval_chunk"))
+    chunk, eval_chunk = parse_chunk(chunk, "chunk"), parse_chunk(eval_chunk, "eval_chunk")
     state = _normalise_keys(_state_of(obj))
     if sam_checkpoint is not None:  # fill frozen SAM weights a trimmed file may lack
         base, _ = load_sam_base(sam_checkpoint, "Med-SA")
@@ -248,17 +318,24 @@ def load(obj: Mapping[str, Any], path=None, sam_checkpoint=None, chunk: int | No
     s = SAM_SIZES[size]
     key = f"{ENCODER}blocks.{s.global_attn_indexes[0]}.attn.rel_pos_h"
     if key not in state:
-        raise CheckpointError(f"{source} is not a complete Med-SA file: missing keys: {key}")
+        raise CheckpointError(f"{source} is not a complete Med-SA file: missing keys: {key} (Med-SA's code of "
+                              "2024-01-07..2024-01-28 trained without relative positions: not supported)")
     image_size = (int(state[key].shape[0]) + 1) // 2 * s.patch_size
     tokens = state.get("mask_decoder.mask_tokens.weight")
     if tokens is None:
         raise CheckpointError(f"{source} is not a complete Med-SA file: missing keys: mask_decoder.mask_tokens.weight")
-    model = MedSAModel(size, image_size, int(tokens.shape[0]) - 1, chunk=chunk, point_convention=point_convention)
+    layout = decoder_layout(state, source)
+    processing = processing_for(layout, resize=resize, pixel_norm=pixel_norm, upsample=upsample)
+    model = MedSAModel(size, image_size, int(tokens.shape[0]) - 1, chunk=chunk, eval_chunk=eval_chunk, layout=layout,
+                       processing=processing, point_convention=point_convention)
     state = {k: v for k, v in state.items() if k.startswith((ENCODER, "prompt_encoder.", "mask_decoder."))}
     check_state_dict(model, state, source=source)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
+
+#: load() keywords a caller may set (load_model's `options`, the CLI's --model-option key=value)
+OPTIONS = ("chunk", "eval_chunk", "resize", "pixel_norm", "upsample", "point_convention")
 
 FAMILY = FamilySpec(
     name="med_sa",
@@ -266,4 +343,5 @@ FAMILY = FamilySpec(
     load=load,
     builtin_names={},
     description="Med-SA (Medical SAM Adapter): SAM + space/depth/MLP adapters, point prompts, sigmoid",
+    options=OPTIONS,
 )
