@@ -53,7 +53,7 @@ def segment_all_classes(
 def save_label_map(volume: Volume, labels: np.ndarray, names: tuple[str, ...], path: str | os.PathLike) -> None:
     """Write a label map; a `.seg.nrrd` gets 3D Slicer segment metadata (one segment per class name)."""
     path = Path(path)
-    if not path.name.endswith(".seg.nrrd"):
+    if not path.name.lower().endswith(".seg.nrrd"):
         volume.save(path, labels)
         return
     import SimpleITK as sitk

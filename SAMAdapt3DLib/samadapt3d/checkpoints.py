@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -18,6 +20,27 @@ import torch
 from .errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
+#: torch.save writes a zip archive; files of older PyTorch versions start with a pickle protocol byte
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL = b"\x80"
+_FORBIDDEN_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unpickling_error(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
+    """torch's message advises `weights_only=False` (running the file's code): say what was found instead."""
+    found = _FORBIDDEN_GLOBAL.search(str(exc))
+    if found:
+        return CheckpointError(f"refusing to load {path}: it holds a Python object ({found.group(1)}) whose loading "
+                               "could run code; only tensors and plain containers are read. Save the model's "
+                               "state_dict() (or a .safetensors file) instead")
+    detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()
+    return CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                           f"{detail[0] if detail else type(exc).__name__}")
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -41,15 +64,18 @@ def load_weights(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint path is not a file: {path}")
     if path.suffix in SAFETENSORS_SUFFIXES:
         return load_safetensors(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(_ZIP_MAGIC))
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTOCOL)):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (.pth, .pt) or a .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refusing to load {path}: it needs code execution to unpickle (only tensors and plain "
-            f"containers are allowed with weights_only=True). Details: {str(exc).splitlines()[0]}"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {exc}") from exc
+        raise _unpickling_error(path, exc) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, UnicodeDecodeError, struct.error) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{_first_line(exc)}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)

@@ -53,6 +53,17 @@ def _numbers(text: str, count: int, option: str) -> tuple[float, ...]:
     return values
 
 
+def _model_options(items: list[str]) -> dict[str, str]:
+    """--model-option KEY=VALUE pairs; the family's loader checks the names and values."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--model-option expects KEY=VALUE, got {item!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samadapt3d", description="Prompted 3D segmentation with SAM-style models.")
     parser.add_argument("--version", action="version", version=f"samadapt3d {__version__}")
@@ -66,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default=None, help="built-in model name or weight file (default: %(default)s -> "
                                                    "models.DEFAULT_MODEL)")
     seg.add_argument("--sam-checkpoint", default=None, help="base SAM weights, for families that need them")
+    seg.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the model file's family, e.g. Med-SA's chunk=96 (docs/FAMILIES.md); repeatable")
     for option, kind, space in _POINT_OPTIONS:
         what = "foreground" if kind == "point" else "background"
         where = "voxel index i,j,k (ITK order)" if space == "ijk" else f"{space.upper()} point x,y,z in mm"
@@ -77,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     seg.add_argument("--overlay", default=None, metavar="PNG", help="also write a PNG of the three slices through "
                                                                     "the first prompt with the mask drawn")
+    seg.add_argument("--name", default=None, help="segment name written to a .seg.nrrd output (default: the "
+                                                  "output's file name, liver.seg.nrrd -> liver)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     seg.add_argument(MAX_IMAGE_MB_OPTION, type=float, default=None, metavar="MB",
                      help=f"refuse images that declare more voxel data than this (default: ${MAX_IMAGE_MB_ENV} or "
@@ -239,6 +254,8 @@ def segment_command(args) -> int:
         if overlay.suffix.lower() != ".png":
             raise InputError(f"--overlay {overlay} must end in .png")
         _check_writable(overlay, "overlay")
+    if args.name is not None and not args.name.strip():
+        raise InputError("--name must not be empty")
     seed_path, seed_segment = _seed_spec(args.seed_mask) if args.seed_mask is not None else (None, None)
     inputs = [Path(args.image)] + ([Path(seed_path)] if seed_path else [])
     _check_not_an_input(output, inputs)
@@ -268,7 +285,8 @@ def segment_command(args) -> int:
     from .models import load_model
 
     device = resolve_device(args.device)
-    model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device)
+    model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device,
+                       options=_model_options(args.model_option))
     bar = _progress_bar(args.quiet)
     try:
         session = InteractiveSession(model, progress=bar.update_to if bar else None)
@@ -284,7 +302,7 @@ def segment_command(args) -> int:
         from .overlay import render_overlay
 
         image = render_overlay(volume, mask, first, ordered)
-    volume.save(output, mask.astype(np.uint8))
+    _save_mask(volume, mask, output, args.name)
     if image is not None:
         from .overlay import save_png
 
@@ -321,6 +339,17 @@ def auto_command(args) -> int:
         counts = np.bincount(labels.reshape(-1), minlength=len(names) + 1)
         print(f"wrote {output}: " + ", ".join(f"{name} {int(counts[n + 1])} voxels" for n, name in enumerate(names)))
     return 0
+
+
+def _save_mask(volume, mask: np.ndarray, output: Path, name: str | None) -> None:
+    """A 0/1 mask; a .seg.nrrd gets Slicer segment metadata (name, colour, extent) as `auto` writes it."""
+    if not output.name.lower().endswith(".seg.nrrd"):
+        volume.save(output, mask.astype(np.uint8))
+        return
+    from .automatic import save_label_map
+
+    segment = name if name is not None else output.name[: -len(".seg.nrrd")]
+    save_label_map(volume, mask.astype(np.uint8), (segment,), output)
 
 
 def _centre(mask: np.ndarray):

@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     from .models import DEFAULT_MODEL, load_model
     from .session import InteractiveSession
 
+    out = Path(args.out)
     try:
+        if out.exists() and not out.is_dir():
+            raise SAMAdapt3DError(f"--out {out} is not a folder (a file of that name exists): choose another name")
         volume, truth = load_demo_case()
         t0 = time.perf_counter()
         model = load_model(DEFAULT_MODEL, device=args.device)
@@ -127,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = mask
         rows.append((name, score, seconds))
         print(f"{name:28s} {str(ijk):>15s} {score:6.3f} {seconds:8.1f}", flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import SimpleITK as sitk
 

@@ -1,8 +1,16 @@
 """Errors with messages a user can act on. Every user-facing failure is one of these."""
+import re
+
+#: numpy scalar reprs such as `np.float64(200.0)` or `np.int64(3)`, which say nothing to a user
+_NUMPY_SCALAR = re.compile(r"\bnp\.(?:float|int|uint|bool|complex|str)\w*\(([^()]*)\)")
 
 
 class SAMAdapt3DError(Exception):
     """Base class: the CLI prints the message and exits non-zero; the Slicer module shows it."""
+
+    def __str__(self) -> str:
+        # messages are built with f-strings from numpy values in many places: show the numbers plainly
+        return _NUMPY_SCALAR.sub(r"\1", super().__str__())
 
 
 class InputError(SAMAdapt3DError, ValueError):

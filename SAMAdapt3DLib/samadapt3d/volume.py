@@ -145,10 +145,11 @@ class Volume:
         return image
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Volume":
-        """Read NIfTI, NRRD, MHA, ... through SimpleITK; errors name the file and the problem."""
+    def from_file(cls, path: str | os.PathLike, max_mb: float | None = None) -> "Volume":
+        """Read NIfTI, NRRD, MHA, ... through SimpleITK; errors name the file and the problem. The header is
+        checked first (declared size within `max_mb`, see image_files.max_image_mb; data not truncated)."""
         path = Path(path)
-        image = read_sitk_image(path, "image")
+        image = read_sitk_image(path, "image", max_mb)
         try:
             return cls.from_sitk(image)
         except InputError as exc:
@@ -159,19 +160,21 @@ class Volume:
         write_image_atomic(self.to_sitk(array), path)
 
 
-def read_sitk_image(path: str | os.PathLike, what: str = "image"):
-    """SimpleITK's image from a file; a missing or unreadable file is an InputError naming it."""
-    import SimpleITK as sitk
+def read_sitk_image(path: str | os.PathLike, what: str = "image", max_mb: float | None = None):
+    """SimpleITK's image from a file; a missing, truncated, oversized or unreadable file is an InputError naming it."""
+    from .image_files import read_sitk_image as read
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        raise InputError(f"cannot read {path} as {'an' if what[0] in 'aeiou' else 'a'} {what}: "
-                         f"{lines[-1] if lines else exc}") from exc
+    return read(path, what, max_mb)
+
+
+def check_float32_range(array: np.ndarray, what: str = "the image") -> None:
+    """The models compute in float32: finite float64 values beyond its range would become Inf there."""
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        finite = array[np.isfinite(array)]
+        peak = float(np.max(np.abs(finite))) if finite.size else 0.0
+        if peak > float(np.finfo(np.float32).max):
+            raise InputError(f"{what} holds values up to {peak:g} in magnitude, beyond the float32 range "
+                             f"(about {float(np.finfo(np.float32).max):.1e}) the models compute in; rescale it first")
 
 
 def write_image_atomic(image, path: str | os.PathLike) -> None:

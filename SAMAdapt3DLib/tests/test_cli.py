@@ -179,7 +179,7 @@ type: unsigned char
 dimension: 4
 space: left-posterior-superior
 sizes: 2 {i} {j} {k}
-space directions: none ({si},0,0) (0,{sj},0) (0,0,{sk})
+space directions: none {directions}
 kinds: list domain domain domain
 encoding: raw
 space origin: ({ox},{oy},{oz})
@@ -197,8 +197,10 @@ Segment1_Name:=ball
 
 def write_seg_nrrd(path, vol, layers):
     """A two-layer Slicer segmentation as Slicer writes it (4D, first axis a 'list' of layers)."""
-    (i, j, k), (si, sj, sk), (ox, oy, oz) = vol.size_ijk, vol.spacing, vol.origin
-    header = SEG_HEADER.format(i=i, j=j, k=k, si=si, sj=sj, sk=sk, ox=ox, oy=oy, oz=oz)
+    (i, j, k), (ox, oy, oz) = vol.size_ijk, vol.origin
+    axes = vol.direction * vol.spacing[None, :]  # column c: the LPS step of index axis c
+    directions = " ".join("(" + ",".join(repr(float(v)) for v in axes[:, c]) + ")" for c in range(3))
+    header = SEG_HEADER.format(i=i, j=j, k=k, directions=directions, ox=ox, oy=oy, oz=oz)
     data = np.stack(layers, axis=-1).astype(np.uint8)  # [k, j, i, layer]
     path.write_bytes(header.encode() + data.tobytes())
 
@@ -225,12 +227,12 @@ def test_seg_nrrd_layers_and_segments(tmp_path):
 def test_cli_refines_a_seed_segment(tmp_path, image, toy_registry):
     path, vol = image
     seg = tmp_path / "seed.seg.nrrd"
-    # a segmentation on a grid of its own (identity direction) is resampled onto the image
+    # a segmentation on the image's own (oblique) grid, as Slicer saves one
     write_seg_nrrd(seg, vol, [(vol.array == 100), (vol.array == 300)])
     out = tmp_path / "refined.nrrd"
-    # write_seg_nrrd keeps spacing/origin but not the oblique direction: use the image grid for the check
     labels = read_labels(seg)
     seed = read_mask(seg, "ball", reference=vol)
+    assert np.array_equal(seed, vol.array == 300)  # the seed really lies on the ball
     assert main(["segment", str(path), "-o", str(out), "--model", "toy-crop", "--quiet",
                  "--seed-mask", f"{seg}:ball", "--point-ijk", "5,5,3"]) == 0
     result = Volume.from_file(out).array > 0

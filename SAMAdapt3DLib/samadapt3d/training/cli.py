@@ -88,9 +88,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
         path = path / CHECKPOINT_NAME if path.is_dir() else path
         if not path.is_file():
             raise InputError(f"no checkpoint to resume at {path}")
-        from ..checkpoints import load_weights
+        from .trainer import read_resume_checkpoint
 
-        config = TrainConfig.from_json(load_weights(path)["config"])
+        _, config = read_resume_checkpoint(path)
         for key in _OVERRIDABLE:
             if key in given:
                 setattr(config, key, given[key])

@@ -15,7 +15,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,12 +77,57 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
+        """The config a checkpoint stores; InputError when it is not one (malformed JSON, missing or mistyped
+        fields)."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the stored training config is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"the stored training config is a JSON {type(data).__name__}, not an object")
+        known = {f.name: f for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
+        missing = [name for name in ("data", "target") if not isinstance(values.get(name), str)]
+        if missing:
+            raise InputError(f"the stored training config has no {' or '.join(missing)}")
+        for name, value in values.items():
+            default = known[name].default
+            expected = float if isinstance(default, float) else type(default)
+            if value is None or default is None or default is MISSING:
+                continue
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, (int, float) if expected is float
+                                                                                   else expected):
+                raise InputError(f"the stored training config has {name}={value!r}, expected a {expected.__name__}")
         if values.get("crop") is not None:
-            values["crop"] = tuple(values["crop"])
+            crop = values["crop"]
+            if not (isinstance(crop, list) and len(crop) == 3 and all(isinstance(v, int) for v in crop)):
+                raise InputError(f"the stored training config has crop={crop!r}, expected 3 whole numbers")
+            values["crop"] = tuple(crop)
         return cls(**values)
+
+
+#: what a resumable checkpoint of ours holds (see _Trainer._save_checkpoint)
+RESUME_KEYS = ("trainable", "optimizer", "scheduler", "scaler", "epoch", "step", "torch_rng", "config", "history")
+
+
+def read_resume_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], TrainConfig]:
+    """A checkpoint written by `train` and its config; InputError naming the file when it is anything else."""
+    state = load_weights(path)  # weights_only=True
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise InputError(f"{path} is not a training checkpoint of samadapt3d train (no {', '.join(missing)})")
+    if not isinstance(state["trainable"], dict) or not isinstance(state["config"], str):
+        raise InputError(f"{path} is not a training checkpoint of samadapt3d train (malformed trainable state or "
+                         "config)")
+    try:
+        config = TrainConfig.from_json(state["config"])
+    except InputError as exc:
+        raise InputError(f"cannot resume from the checkpoint {path}: {exc}") from None
+    try:
+        json.loads(state["history"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"cannot resume from the checkpoint {path}: its history is not valid JSON ({exc})") from None
+    return state, config
 
 
 @dataclass
@@ -214,7 +259,7 @@ class _Trainer:
         return path
 
     def _load_checkpoint(self, path: Path) -> None:
-        state = load_weights(path)  # weights_only=True
+        state, _ = read_resume_checkpoint(path)
         own = self.task.model.state_dict()
         missing = set(trainable_state(self.task.model)) - set(state["trainable"])
         if missing:
