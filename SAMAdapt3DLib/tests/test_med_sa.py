@@ -342,3 +342,23 @@ def test_interactive_session_equals_published_algorithm(published, sam_reference
     np.testing.assert_array_equal(session.undo(), first)
     with pytest.raises(InputError, match="box"):
         session.set_box((0, 0, 0), (10, 10, 3))
+
+
+def test_cli_model_option_sets_the_depth_grid(published, tmp_path, capsys):
+    from samadapt3d.cli import main
+
+    path, _ = published[SA]
+    image = tmp_path / "ct.nii.gz"
+    Volume(np.random.default_rng(3).random((6, 30, 30)).astype(np.float32)).save(image)
+    out = tmp_path / "mask.nii.gz"
+    args = ["segment", str(image), "-o", str(out), "--model", str(path), "--point-ijk", "12,10,2", "--quiet"]
+    assert main(args + ["--model-option", "chunk=2"]) == 0
+    mask = Volume.from_file(out).array
+    assert mask.shape == (6, 30, 30) and not mask[[0, 3, 4, 5]].any()  # one stack of chunk=2 slices (1, 2) around k=2
+    out.unlink()
+    for bad, message in ((["--model-option", "depth=2"], "model option depth is not one of med_sa's"),
+                         (["--model-option", "chunk"], "--model-option expects KEY=VALUE"),
+                         (["--model-option", "chunk=-1"], "chunk='-1'")):
+        capsys.readouterr()
+        assert main(args + bad) == 1
+        assert message in capsys.readouterr().err and not out.exists()
