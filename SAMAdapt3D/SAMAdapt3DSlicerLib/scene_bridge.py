@@ -23,6 +23,8 @@ import slicer
 from samadapt3d.errors import InputError
 from samadapt3d.volume import LPS_TO_RAS, Volume
 
+from SAMAdapt3DSlicerLib import segment_io
+
 
 def check_slicer_module() -> None:
     """Fail clearly when `import slicer` found something other than Slicer (or slicer-core)."""
@@ -252,32 +254,14 @@ def view_axis_from_slice_node(slice_node, volume: Volume) -> int | None:
 
 
 # ---- segments ----------------------------------------------------------------------------------------------------
-def _oriented_image(volume_node, array: np.ndarray, segmentation_node):
-    """vtkOrientedImageData with the volume's geometry (in the segmentation's coordinates) and `array` [k,j,i]."""
-    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-        volume_node, segmentation_node.GetParentTransformNode()
-    )
-    data = np.ascontiguousarray(array, dtype=np.uint8)
-    k, j, i = data.shape
-    oriented.SetDimensions(i, j, k)
-    oriented.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = data.reshape(-1)
-    return oriented
-
-
+# Reads and writes go through segment_io, which works on each segment's own grid and adds no scene node.
 def ensure_reference_geometry(segmentation_node, volume_node) -> None:
     """Give a segmentation without a geometry the volume's (as the Segment Editor does on first edit)."""
-    reference = segmentation_node.GetNodeReference(
-        slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    geometry = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
     )
-    if reference is None and not segmentation_node.GetSegmentation().GetNumberOfSegments():
+    if not geometry:
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    elif reference is None:
-        geometry = segmentation_node.GetSegmentation().GetConversionParameter(
-            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
-        )
-        if not geometry:
-            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
 
 
 def add_segment(segmentation_node, name: str, color=None) -> str:
@@ -289,69 +273,22 @@ def add_segment(segmentation_node, name: str, color=None) -> str:
 
 
 def segment_mask(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """A segment as a bool array [k, j, i] on the volume's voxels (zeros if the segment is empty)."""
+    """A segment as a bool array [k, j, i] on the volume's voxels (nearest sample of its own grid)."""
     if not segment_id or segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise InputError(f"segment {segment_id!r} not found in '{segmentation_node.GetName()}'")
-    scene = segmentation_node.GetScene()
-    ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segment_id)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__samadapt3d_temp__")
-    try:
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, volume_node)
-        if not ok:
-            raise InputError(f"cannot export segment {segment_id!r} of '{segmentation_node.GetName()}'")
-        image = labelmap.GetImageData()
-        dims = image.GetDimensions()
-        out = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0]) != 0
-        expected = volume_node.GetImageData().GetDimensions()
-        if tuple(dims) != tuple(expected):
-            raise InputError(f"exported segment has size {dims}, expected the volume's {expected}")
-        return out.copy()
-    finally:
-        display = labelmap.GetDisplayNode()
-        if display is not None and display.GetColorNode() is not None and display.GetColorNode().GetName().startswith(
-            "__samadapt3d_temp__"
-        ):
-            scene.RemoveNode(display.GetColorNode())
-        scene.RemoveNode(labelmap)
+    return segment_io.read_on_volume(segmentation_node, segment_id, segment_io.volume_image(volume_node, segmentation_node))
 
 
 def editable_mask(
     segmentation_node, volume_node, segment_id: str, mask_mode=MASK_EVERYWHERE, mask_segment_id: str = "",
     intensity_range=None,
 ) -> np.ndarray:
-    """Where the Segment Editor would let segment `segment_id` change (bool [k, j, i]), from Slicer's own
-    vtkMRMLSegmentationNode.GenerateEditMask (mask mode, visible segments, source-volume intensity range)."""
-    reference = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-        volume_node, segmentation_node.GetParentTransformNode()
-    )
-    source = None
-    if intensity_range is not None:
-        source = reference
-    mask_image = slicer.vtkOrientedImageData()
-    args = [mask_image, int(mask_mode), reference, segment_id or "", mask_segment_id or ""]
-    if intensity_range is not None:
-        args += [source, [float(intensity_range[0]), float(intensity_range[1])]]
-    if not segmentation_node.GenerateEditMask(*args):
-        raise InputError("cannot compute the editable area from the masking settings")
-    dims = reference.GetDimensions()
-    if mask_image.GetPointData() is None or mask_image.GetPointData().GetScalars() is None:
-        return np.ones((dims[2], dims[1], dims[0]), dtype=bool)
-    mdims = mask_image.GetDimensions()
-    forbidden = numpy_support.vtk_to_numpy(mask_image.GetPointData().GetScalars()).reshape(mdims[2], mdims[1], mdims[0])
-    # GenerateEditMask fills the reference geometry's extent: non-zero = editing NOT allowed
-    full = np.zeros((dims[2], dims[1], dims[0]), dtype=bool)
-    ext, rext = mask_image.GetExtent(), reference.GetExtent()
-    sl = tuple(
-        slice(max(ext[2 * a], rext[2 * a]) - rext[2 * a], min(ext[2 * a + 1], rext[2 * a + 1]) - rext[2 * a] + 1)
-        for a in (2, 1, 0)
-    )
-    src = tuple(
-        slice(max(ext[2 * a], rext[2 * a]) - ext[2 * a], min(ext[2 * a + 1], rext[2 * a + 1]) - ext[2 * a] + 1)
-        for a in (2, 1, 0)
-    )
-    full[sl] = forbidden[src] != 0
-    return ~full
+    """Where the Segment Editor would let segment `segment_id` change (bool [k, j, i] on the volume's voxels), from
+    Slicer's own vtkMRMLSegmentationNode.GenerateEditMask (mask mode, visible segments, intensity range)."""
+    volume = segment_io.volume_image(volume_node, segmentation_node)
+    lattice = segment_io.Lattice(segment_io._matrix(volume), tuple(volume.GetExtent()))
+    return segment_io.editable_on(segmentation_node, segment_id, lattice, volume, mask_mode, mask_segment_id,
+                                  intensity_range)
 
 
 def visible_segment_ids(segmentation_node) -> list[str]:
@@ -367,7 +304,7 @@ def visible_segment_ids(segmentation_node) -> list[str]:
 @dataclass
 class WriteResult:
     segment_id: str
-    voxels: int  # voxels in the segment after the write
+    voxels: int  # voxels in the segment after the write (on its own grid)
     changed: int  # voxels of the segment that changed
     blocked: int  # voxels the model wanted but the masking settings did not allow
     overwritten: dict = field(default_factory=dict)  # other segment id -> voxels removed from it
@@ -380,46 +317,24 @@ def write_segment_mask(
     """Set segment `segment_id` to `mask` (bool [k, j, i] on the volume's voxels), the Segment Editor's way:
     only inside the editable area (mask mode / intensity range) does the segment change, outside it keeps its voxels;
     other segments lose the new voxels only if the overwrite mode allows (all / visible), otherwise they are
-    untouched (overlap allowed, as Segment Editor's "allow overlap")."""
+    untouched (overlap allowed, as Segment Editor's "allow overlap"). Works on each segment's own grid, so a
+    segmentation finer, coarser or oblique relative to the volume keeps every other segment voxel for voxel."""
     mask = np.asarray(mask).astype(bool)
     _check_on_volume(mask, volume_node, "mask")
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(segment_id) is None:
         raise InputError(f"segment {segment_id!r} not found in '{segmentation_node.GetName()}'")
     ensure_reference_geometry(segmentation_node, volume_node)
-    old = segment_mask(segmentation_node, segment_id, volume_node)
-    allowed = editable_mask(segmentation_node, volume_node, segment_id, mask_mode, mask_segment_id, intensity_range)
-    new = np.where(allowed, mask, old)
-    added = new & ~old
-    result = WriteResult(segment_id, int(new.sum()), int((new != old).sum()), int((mask & ~allowed & ~old).sum()))
-
     if overwrite_mode == OVERWRITE_ALL:
         targets = [sid for sid in segmentation.GetSegmentIDs() if sid != segment_id]
     elif overwrite_mode == OVERWRITE_VISIBLE:
         targets = [sid for sid in visible_segment_ids(segmentation_node) if sid != segment_id]
     else:
         targets = []
-    others = {sid: segment_mask(segmentation_node, sid, volume_node) for sid in segmentation.GetSegmentIDs()
-              if sid != segment_id}
-
-    was_modifying = segmentation_node.StartModify()
-    try:
-        if result.changed:
-            _set_segment(segmentation_node, segment_id, new, volume_node)
-        for sid in targets:
-            lost = others[sid] & added
-            if lost.any():
-                _set_segment(segmentation_node, sid, others[sid] & ~added, volume_node)
-                result.overwritten[sid] = int(lost.sum())
-        # segments not allowed to change must not change as a side effect (shared labelmap layers)
-        for sid, before in others.items():
-            if sid in result.overwritten:
-                continue
-            if not np.array_equal(segment_mask(segmentation_node, sid, volume_node), before):
-                _set_segment(segmentation_node, sid, before, volume_node)
-    finally:
-        segmentation_node.EndModify(was_modifying)
-    return result
+    volume = segment_io.volume_image(volume_node, segmentation_node)
+    change = segment_io.apply_mask(segmentation_node, segment_id, mask, volume, mask_mode, mask_segment_id, targets,
+                                   intensity_range)
+    return WriteResult(segment_id, change.voxels, change.changed, change.blocked, change.overwritten)
 
 
 def _check_on_volume(array: np.ndarray, volume_node, what: str) -> None:
@@ -429,16 +344,6 @@ def _check_on_volume(array: np.ndarray, volume_node, what: str) -> None:
         raise InputError(f"{what} shape {array.shape} does not match the volume's {dims[::-1]} [k, j, i]")
 
 
-def _set_segment(segmentation_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
-    image = _oriented_image(volume_node, mask, segmentation_node)
-    ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        image, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
-        image.GetExtent(), False, []
-    )
-    if not ok:
-        raise InputError(f"cannot write segment {segment_id!r} of '{segmentation_node.GetName()}'")
-
-
 # ---- multi-class models: one segment per class -----------------------------------------------------------------
 def segment_id_by_name(segmentation_node, name: str) -> str | None:
     segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
@@ -446,19 +351,21 @@ def segment_id_by_name(segmentation_node, name: str) -> str | None:
 
 
 def snapshot_segments(segmentation_node, volume_node, segment_ids) -> dict:
-    """{segment id: bool mask [k, j, i]} of existing segments, to restore them later."""
-    return {sid: segment_mask(segmentation_node, sid, volume_node) for sid in segment_ids}
+    """{segment id: OwnGrid} of existing segments (their voxels on their own grids), to restore them exactly."""
+    return {sid: segment_io.own_grid(segmentation_node, sid) for sid in segment_ids}
 
 
 def write_class_segments(segmentation_node, volume_node, labels: np.ndarray, names, colors=None) -> dict:
     """A label map [k, j, i] (0 = background, n = names[n - 1]) as one segment per class, matched by name: an
-    existing segment of that name gets the class's voxels (replacing its own), a missing one is created unless the
-    class is empty. Other segments are untouched (they may overlap). Returns {name: (segment id, voxels, created)}."""
+    existing segment of that name gets the class's voxels (replacing its own where the volume grid sees a change),
+    a missing one is created unless the class is empty. Other segments are untouched, voxel for voxel on their
+    own grids (they may overlap). Returns {name: (segment id, voxels, created)}."""
     labels = np.asarray(labels)
     _check_on_volume(labels, volume_node, "label map")
     if labels.max(initial=0) > len(names) or labels.min(initial=0) < 0:
         raise InputError(f"label values run from {labels.min()} to {labels.max()} but there are {len(names)} class names")
     ensure_reference_geometry(segmentation_node, volume_node)
+    volume = segment_io.volume_image(volume_node, segmentation_node)
     written = {}
     was_modifying = segmentation_node.StartModify()
     try:
@@ -470,22 +377,23 @@ def write_class_segments(segmentation_node, volume_node, labels: np.ndarray, nam
                 continue
             if created:
                 segment_id = add_segment(segmentation_node, name, None if colors is None else colors[n])
-            _set_segment(segmentation_node, segment_id, mask, volume_node)
-            written[name] = (segment_id, int(mask.sum()), created)
+            change = segment_io.apply_mask(segmentation_node, segment_id, mask, volume, MASK_EVERYWHERE)
+            written[name] = (segment_id, change.voxels, created)
     finally:
         segmentation_node.EndModify(was_modifying)
     return written
 
 
 def restore_segments(segmentation_node, volume_node, snapshot: dict, created_ids=()) -> None:
-    """Undo `write_class_segments`: put back the snapshot's masks and remove the segments it created."""
+    """Undo `write_class_segments`: put back the snapshot's voxels (on their own grids) and remove the segments it
+    created."""
     was_modifying = segmentation_node.StartModify()
     try:
         for sid in created_ids:
             if segmentation_node.GetSegmentation().GetSegment(sid) is not None:
                 segmentation_node.GetSegmentation().RemoveSegment(sid)
-        for sid, mask in snapshot.items():
+        for sid, own in snapshot.items():
             if segmentation_node.GetSegmentation().GetSegment(sid) is not None:
-                _set_segment(segmentation_node, sid, mask, volume_node)
+                segment_io.restore_own_grid(segmentation_node, sid, own)
     finally:
         segmentation_node.EndModify(was_modifying)
