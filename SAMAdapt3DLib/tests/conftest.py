@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 import types
 
@@ -9,6 +10,18 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_folder(tmp_path_factory):
+    """Exported encoders and slice embeddings go to a fresh folder, never the user's cache (each run is cold)."""
+    old = os.environ.get("SAMADAPT3D_CACHE_DIR")
+    os.environ["SAMADAPT3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("samadapt3d_cache"))
+    yield
+    if old is None:
+        os.environ.pop("SAMADAPT3D_CACHE_DIR", None)
+    else:
+        os.environ["SAMADAPT3D_CACHE_DIR"] = old
 
 
 def import_segment_anything():

@@ -215,7 +215,7 @@ def test_engine_uses_the_disk_store_across_processes(tmp_path):
         from samadapt3d.engines.embedding_cache import DiskEmbeddingStore
         from samadapt3d.engines.slices import SliceEngine
         torch.manual_seed(0)
-        engine = SliceEngine(Tiny(), disk_cache=DiskEmbeddingStore.default())
+        engine = SliceEngine(Tiny())  # the default: the user's store
         engine.set_image(np.load({str(vol_path)!r}))
         engine.warm_up(axis=0)
         print("embedded", engine.stats["embedded"], "disk", engine.stats["disk_hits"])
@@ -229,9 +229,14 @@ def test_engine_uses_the_disk_store_across_processes(tmp_path):
     assert runs[1].stdout.split() == ["embedded", "0", "disk", "5"]
 
 
-def test_engine_without_a_disk_store_writes_nothing(tmp_path, monkeypatch):
+def test_engine_default_store_is_the_user_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(DISK_CACHE_ENV, raising=False)
     engine = SliceEngine(Tiny())
     engine.set_image(_volume(3))
     engine.warm_up(axis=0)
-    assert engine.stats["embedded"] == 3 and not list(tmp_path.iterdir())
+    assert engine.stats["embedded"] == 3 and len(list((tmp_path / "embeddings").rglob("*.emb"))) == 3
+    off = SliceEngine(Tiny(), disk_cache=None)
+    off.set_image(_volume(3, seed=5))
+    off.warm_up(axis=0)
+    assert off.stats["embedded"] == 3 and len(list((tmp_path / "embeddings").rglob("*.emb"))) == 3

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
 import uuid
 from collections import OrderedDict
@@ -27,9 +26,8 @@ import torch
 from ..errors import CancelledError
 from ..families.base import SliceModel
 from ..runtime import EncoderRuntime
+from ..runtime.paths import CACHE_DIR_ENV, user_cache_dir  # noqa: F401  (CACHE_DIR_ENV: re-exported)
 
-#: env var naming the cache folder (overrides XDG_CACHE_HOME and the platform default)
-CACHE_DIR_ENV = "SAMADAPT3D_CACHE_DIR"
 #: env var: "0"/"off" disables the on-disk embedding store
 DISK_CACHE_ENV = "SAMADAPT3D_EMBEDDING_CACHE"
 #: default in-memory budget: a 512x512x300 CT at float16 (300 x 2.5 MiB) fits
@@ -40,19 +38,6 @@ DEFAULT_DISK_BYTES = 2 << 30
 #: LayerNorm-ed, well inside the float16 range)
 COMPACT_DTYPE = torch.float16
 _DISK_MAGIC = b"SA3DEMB1"
-
-
-def user_cache_dir() -> Path:
-    """samadapt3d's cache folder: $SAMADAPT3D_CACHE_DIR, else the platform's user cache folder."""
-    explicit = os.environ.get(CACHE_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "samadapt3d" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "samadapt3d"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "samadapt3d"
 
 
 @dataclass
@@ -175,16 +160,20 @@ def _decode_entry(raw: bytes) -> torch.Tensor | None:
         return None
 
 
+#: `disk=` default: the user's store (DiskEmbeddingStore.default()), opened when first needed
+DEFAULT_DISK_STORE = "default"
+
+
 class SliceEmbeddingCache:
     """The slices of the current image -> SliceData, through the memory LRU, then the disk store, then the
     model. Thread-safe: the background prefetch and the engine's calls share one lock, held per slice, so a
     click waits for at most one slice of prefetch work."""
 
     def __init__(self, model: SliceModel, memory_bytes: int = DEFAULT_MEMORY_BYTES,
-                 disk: DiskEmbeddingStore | None = None, stats: dict | None = None) -> None:
+                 disk: DiskEmbeddingStore | str | None = None, stats: dict | None = None) -> None:
         self.model = model
         self.memory_bytes = int(memory_bytes)
-        self.disk = disk
+        self._disk = disk
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("embedded", 0)
         self.stats.setdefault("cache_hits", 0)
@@ -196,6 +185,13 @@ class SliceEmbeddingCache:
         self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         self._lock = threading.RLock()
         self._prefetch: tuple[threading.Thread, threading.Event] | None = None
+
+    @property
+    def disk(self) -> DiskEmbeddingStore | None:
+        """The on-disk store; used only for a model with an `embedding_identity` (see samadapt3d.runtime)."""
+        if self._disk == DEFAULT_DISK_STORE:
+            self._disk = DiskEmbeddingStore.default()
+        return self._disk
 
     @property
     def used_bytes(self) -> int:
@@ -249,7 +245,7 @@ class SliceEmbeddingCache:
         return callable(getattr(self.model, "embed_in_volume", None))  # 3D adapters need the neighbours
 
     def _identity(self) -> str | None:
-        if self.disk is None or not isinstance(self.model, EncoderRuntime):
+        if not isinstance(self.model, EncoderRuntime) or self.disk is None:
             return None
         return self.model.embedding_identity()
 

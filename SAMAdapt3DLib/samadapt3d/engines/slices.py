@@ -43,7 +43,8 @@ import SimpleITK as sitk
 from ..errors import CancelledError, InputError
 from ..families.base import SliceModel
 from .base import ModelPrompts, ProgressCallback
-from .embedding_cache import DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData, SliceEmbeddingCache
+from .embedding_cache import (DEFAULT_DISK_STORE, DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData,
+                              SliceEmbeddingCache)
 
 #: candidate box half-sizes around a click, as fractions of the slice's longer side
 CLICK_BOX_FRACTIONS = (0.03, 0.06, 0.09, 0.125, 0.16, 0.19, 0.23, 0.28, 0.34)
@@ -62,7 +63,8 @@ class SliceEngine:
     def __init__(self, model: SliceModel, cache_bytes: int = DEFAULT_MEMORY_BYTES, box_margin: float = 0.1,
                  min_area: int = 4, min_overlap: float = 0.2, min_iou: float = 0.35,
                  max_level_change: float = 0.12, same_object: float = 0.5,
-                 decode_cache_bytes: int = 128 << 20, disk_cache: DiskEmbeddingStore | None = None) -> None:
+                 decode_cache_bytes: int = 128 << 20,
+                 disk_cache: DiskEmbeddingStore | str | None = DEFAULT_DISK_STORE) -> None:
         self.model = model.eval()
         self.box_margin = box_margin
         self.min_area = min_area

