@@ -86,7 +86,11 @@ def test_slicer_finds_logic_and_test_in_the_module_file():
     assert {"SAMAdapt3DLogic", "SAMAdapt3DTest"} <= imported
 
 
-def test_only_the_module_file_lies_where_slicer_scans_for_modules():
+def test_only_modules_lie_where_slicer_scans_for_modules():
     """Slicer's scripted-module factory loads every .py file in the module folder as a module named after the file
-    (a helper there fails to load, or worse, a class of that name is instantiated as a module)."""
-    assert sorted(p.name for p in MODULE.glob("*.py")) == ["SAMAdapt3D.py"]
+    (a helper there fails to load, or worse, a class of that name is instantiated as a module): only the setup
+    module and the hidden module that registers the Segment Editor effect lie there, each defining its class."""
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["SAMAdapt3D.py", "SegmentEditorSAMAdapt3D.py"]
+    tree = ast.parse((MODULE / "SegmentEditorSAMAdapt3D.py").read_text())
+    assert "SegmentEditorSAMAdapt3D" in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert "self.parent.hidden = True" in ast.unparse(tree)

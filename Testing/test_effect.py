@@ -1,0 +1,119 @@
+"""The SAMAdapt3D Segment Editor effect, run for real in the harness on a slicer-core scene: registration at start-up,
+clicks and drags in a slice view, results through Slicer's segment-editor logic (masking, overwrite, undo).
+
+The oracle is the image: the toy model segments exactly the clicked object's connected region of equal intensity,
+and the objects of the test image are known by construction (harness.scenes)."""
+from __future__ import annotations
+
+import numpy as np
+import vtk
+
+from harness import scenes
+from harness.fixtures import MODULE_DIR, effect_idle, in_process_sessions, slicer_gui, wait_for  # noqa: F401
+from harness.mrml_widgets import SliceViewWidget
+
+PRESS, MOVE, RELEASE = (vtk.vtkCommand.LeftButtonPressEvent, vtk.vtkCommand.MouseMoveEvent,
+                        vtk.vtkCommand.LeftButtonReleaseEvent)
+
+
+def setup_editor(gui, scene, names=("structure",)):
+    gui.load_module(MODULE_DIR / "SegmentEditorSAMAdapt3D.py")
+    gui.start_up()
+    volume = scenes.add_volume(scene, scenes.toy_image())
+    segmentation, ids = scenes.add_segmentation(scene, volume, names)
+    editor = gui.segment_editor()
+    editor.set_segmentation(segmentation)
+    editor.set_source_volume(volume)
+    editor.select_segment(ids[0])
+    view = SliceViewWidget(scene, "Red", "Axial")
+    return volume, segmentation, ids, editor, view
+
+
+def slice_through(view, volume, kji):
+    """Put the axial view on voxel kji's slice; its (x, y) in the view."""
+    ras = scenes.voxel_to_ras(volume, kji)
+    view.fit_to(volume, offset_ras=ras[2])
+    return view.ras_to_xy(ras)
+
+
+def click(editor, view, xy, ctrl=False):
+    assert editor.interact(view, PRESS, *xy, ctrl=ctrl)
+    assert editor.interact(view, RELEASE, *xy, ctrl=ctrl)
+
+
+def test_effect_registers_at_startup_and_clicks_segment_the_object(slicer_gui, scene, in_process_sessions):
+    from harness.segment_editor import EffectFactory
+
+    slicer_gui.load_module(MODULE_DIR / "SegmentEditorSAMAdapt3D.py")
+    assert EffectFactory.instance().registeredEffects() == []  # not before the application has started
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    assert [e.name for e in EffectFactory.instance().registeredEffects()] == ["SAMAdapt3D"]
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    assert effect.nodes["positive"].GetNumberOfControlPoints() == 0
+
+    xy = slice_through(view, volume, (6, 7, 7))  # inside the cube
+    click(editor, view, xy)
+    wait_for(slicer_gui, effect_idle(effect))
+    expected = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    expected[scenes.CUBE] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), expected), effect.lastStatus
+    assert effect.nodes["positive"].GetNumberOfControlPoints() == 1  # the prompt is shown
+    assert editor.undo_saves == 1 and editor.modifications == [(0, ids[0])]  # Set, through the editor
+    assert in_process_sessions[0][:2] == ("litemedsam", "auto")  # the effect's default model and device
+
+    # Ctrl+click: a negative point on the cube removes it again (the toy model's negative cuts its region)
+    click(editor, view, xy + np.array([20.0, 0.0]), ctrl=True)
+    wait_for(slicer_gui, effect_idle(effect))
+    assert effect.nodes["negative"].GetNumberOfControlPoints() == 1
+    assert editor.undo_saves == 2
+
+
+def test_undo_is_slicers_and_clears_the_prompts(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))
+    wait_for(slicer_gui, effect_idle(effect))
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6
+
+    editor.undo()  # the Segment Editor's Ctrl+Z
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 0
+    # the prompts described the undone result: cleared once the editor's events are processed
+    wait_for(slicer_gui, lambda: effect.nodes["positive"].GetNumberOfControlPoints() == 0)
+    wait_for(slicer_gui, effect_idle(effect))
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 0  # nothing re-applied
+
+
+def test_drag_places_a_box_on_that_slice(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    a = slice_through(view, volume, (6, 15, 13))  # the slab, corners inside it on slice k = 6
+    b = view.ras_to_xy(scenes.voxel_to_ras(volume, (6, 18, 20)))
+    assert editor.interact(view, PRESS, *a)
+    assert editor.interact(view, MOVE, *((a + b) / 2))
+    assert editor.interact(view, RELEASE, *b)
+    wait_for(slicer_gui, effect_idle(effect))
+    mask = scenes.segment_array(segmentation, ids[0], volume)
+    assert effect.nodes["box"].GetNumberOfControlPoints() == 1  # the box is shown as an ROI
+    size = effect.nodes["box"].GetSize()
+    assert abs(size[2]) < 1e-6 and size[0] > 5 and size[1] > 2  # flat: on that slice
+    assert mask.any() and mask[scenes.SLAB].sum() == mask.sum()  # only the slab
+    assert not mask[:6].any() and not mask[7:].any()  # bounded by the box: that slice only
+    assert effect.nodes["positive"].GetNumberOfControlPoints() == 0
+
+
+def test_results_respect_the_editors_masking_and_overwrite(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene, names=("new", "other"))
+    other = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    other[3:9, 4:10, 4:7] = True  # a third of the cube belongs to another segment
+    scenes.set_segment(segmentation, ids[1], other, volume)
+    editor.node.SetOverwriteMode(editor.node.OverwriteNone)  # "allow overlap"
+    editor.node.SetMaskMode(segmentation.EditAllowedOutsideAllSegments)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 8)))
+    wait_for(slicer_gui, effect_idle(effect))
+    mask = scenes.segment_array(segmentation, ids[0], volume)
+    cube = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    cube[scenes.CUBE] = True
+    assert np.array_equal(mask, cube & ~other)  # only the editable area (outside all segments)
+    assert np.array_equal(scenes.segment_array(segmentation, ids[1], volume), other)  # untouched
