@@ -1,21 +1,28 @@
-"""Models for the server / client tests (no tests here): registered with `--model-family test_server_toymodels`
-in a server child, or through models.FAMILY_MODULES in process.
+"""Models and helpers for the server / client tests (no tests here). The models are registered with
+`--model-family test_server_toymodels` in a server child, or through models.FAMILY_MODULES in process:
 
 - "toy-crop": the session tests' ToyCropModel (mask = the clicked object);
 - "toy-slow": the same, each encode taking SLOW_ENCODE_S (so a run can be cancelled or its server killed mid-way);
+- "toy-fast": a cheaper crop model for the load test and the benchmark: every voxel of the crop whose intensity is
+  near a clicked one (no flood fill);
 - "toy-classes": a prompt-free multi-class model: class 1 where the intensity is near 100, class 2 near 200.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
 import time
 
+import pytest
 import torch
 
 from samadapt3d.families.base import SegmentationModel
 from samadapt3d.models import FamilySpec
 from test_session_toymodel import TOY_PRESET, ToyCropModel
 
-SLOW_ENCODE_S = 1.5
+SLOW_ENCODE_S = 1.0
 CLASS_LEVELS = (100.0, 200.0)
 
 
@@ -27,12 +34,29 @@ class SlowToyCropModel(ToyCropModel):
         return super().encode(crop)
 
 
+class FastToyCropModel(ToyCropModel):
+    family = "toy-fast"
+
+    def decode(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        self.decode_calls += 1
+        out = torch.zeros_like(features)
+        size = torch.tensor(features.shape[2:], device=features.device)
+        for b in range(features.shape[0]):
+            image = features[b, 0]
+            for point in points[b]:
+                idx = torch.minimum(torch.clamp(torch.floor(point + 0.5).long(), min=0), size - 1)
+                similarity = torch.exp(-(((image - image[idx[0], idx[1], idx[2]]) / self.sigma) ** 2))
+                out[b, 0] = torch.maximum(out[b, 0], torch.sigmoid(8.0 * (similarity - 0.5)))
+        return out
+
+
 class ToyClassModel(SegmentationModel):
     """Per slice: p(class c) = exp(-((I - level_c) / 20)^2), background = the rest (all slabs of one slice)."""
 
     family = "toy-classes"
     class_names = ("hundred", "two-hundred")
     slab_size = 1
+    engine = "slab"
 
     def __init__(self) -> None:
         super().__init__(TOY_PRESET)
@@ -48,5 +72,38 @@ class ToyClassModel(SegmentationModel):
 FAMILY = FamilySpec(name="toy-server", detect=lambda obj: False, load=lambda obj, **kw: None,
                     builtin_names={"toy-crop": lambda sam_checkpoint=None: ToyCropModel(),
                                    "toy-slow": lambda sam_checkpoint=None: SlowToyCropModel(),
+                                   "toy-fast": lambda sam_checkpoint=None: FastToyCropModel(),
                                    "toy-classes": lambda sam_checkpoint=None: ToyClassModel()},
                     description="test-only models of the server tests")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally when something the test needs is missing; fail in CI (CI=true)."""
+    if not condition:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@contextlib.contextmanager
+def serve_in_thread(config, loader=None):
+    """The app on a free loopback port in a thread of this process: yields its URL."""
+    import uvicorn
+
+    from samadapt3d.server.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(config, loader), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -18,7 +18,7 @@ RETRY_DELAYS_S = (0.1, 0.5)
 #: error kinds the server sends that are the library's own exceptions (raised as such, so a client is a drop-in)
 LIBRARY_ERRORS: dict[str, type[SAMAdapt3DError]] = {
     "InputError": InputError, "CancelledError": CancelledError, "ModelNotFoundError": ModelNotFoundError,
-    "CheckpointError": CheckpointError, "DeviceError": DeviceError,
+    "CheckpointError": CheckpointError, "DeviceError": DeviceError, "SAMAdapt3DError": SAMAdapt3DError,
 }
 _CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, socket.timeout, OSError)
 
