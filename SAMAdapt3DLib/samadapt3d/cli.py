@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the built-in model names and families")
     sub.add_parser("demo", help="run the demo (samadapt3d demo --help)", add_help=False)
     sub.add_parser("bench", help="run the benchmark (samadapt3d bench --help)", add_help=False)
+    sub.add_parser("evaluate", help="the CVPR 2025 interactive protocol on labelled volumes (samadapt3d evaluate "
+                   "--help)", add_help=False)
     sub.add_parser("train", help="fine-tune adapters on labelled volumes (samadapt3d train --help)", add_help=False)
     sub.add_parser("serve", help="serve sessions over HTTP for Slicer or remote use (samadapt3d serve --help)",
                    add_help=False)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     previous = _install_signal_handlers()
     try:
-        if argv and argv[0] in ("demo", "bench"):
+        if argv and argv[0] in ("demo", "bench", "evaluate"):
             return _delegate(argv[0], argv[1:])
         if argv and argv[0] == "serve":
             return _delegate("server", argv[1:])
