@@ -363,3 +363,21 @@ def test_other_segments_untouched_even_when_sharing_a_layer(scene):
     bridge.write_segment_mask(seg, ids[0], proposed, node, overwrite_mode=bridge.OVERWRITE_NONE)
     assert np.array_equal(bridge.segment_mask(seg, ids[0], node), proposed)
     assert np.array_equal(bridge.segment_mask(seg, ids[1], node), labels == 2)
+
+
+def test_float_masks_are_thresholded_at_one_half_and_nan_is_refused(scene):
+    volume = make_volume("anisotropic")
+    node = bridge.volume_to_node(volume, scene, "vol")
+    seg, (sid,) = make_segmentation(scene, node)
+    probability = np.zeros(volume.array.shape, np.float32)
+    probability[2, 3, 4] = 0.3  # below one half: not set
+    probability[5, 6, 7] = 0.7
+    probability[6, 6, 7] = 0.5  # exactly one half: not set (the session's mask is probability > 0.5)
+    bridge.write_segment_mask(seg, sid, probability, node)
+    expected = np.zeros(volume.array.shape, bool)
+    expected[5, 6, 7] = True
+    assert np.array_equal(bridge.segment_mask(seg, sid, node), expected)
+    probability[1, 1, 1] = np.nan
+    with pytest.raises(bridge.InputError, match="NaN"):
+        bridge.write_segment_mask(seg, sid, probability, node)
+    assert np.array_equal(bridge.segment_mask(seg, sid, node), expected)  # unchanged by the refused write

@@ -310,6 +310,25 @@ class WriteResult:
     overwritten: dict = field(default_factory=dict)  # other segment id -> voxels removed from it
 
 
+#: a float mask is a probability: set where it is above one half (as the session thresholds)
+MASK_THRESHOLD = 0.5
+
+
+def _as_bool_mask(mask) -> np.ndarray:
+    """bool as is; integers: non-zero; floats: > MASK_THRESHOLD, NaN / Inf refused (astype(bool) would set them)."""
+    array = np.asarray(mask)
+    if array.dtype == np.bool_:
+        return array
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"the mask has {bad} non-finite values (NaN or Inf): refusing to write it")
+        return array > MASK_THRESHOLD
+    if array.dtype.kind in "iu":
+        return array != 0
+    raise InputError(f"a mask must be bool, integer or float, got {array.dtype}")
+
+
 def write_segment_mask(
     segmentation_node, segment_id: str, mask: np.ndarray, volume_node, mask_mode=MASK_EVERYWHERE,
     mask_segment_id: str = "", overwrite_mode=OVERWRITE_NONE, intensity_range=None,
@@ -319,7 +338,7 @@ def write_segment_mask(
     other segments lose the new voxels only if the overwrite mode allows (all / visible), otherwise they are
     untouched (overlap allowed, as Segment Editor's "allow overlap"). Works on each segment's own grid, so a
     segmentation finer, coarser or oblique relative to the volume keeps every other segment voxel for voxel."""
-    mask = np.asarray(mask).astype(bool)
+    mask = _as_bool_mask(mask)
     _check_on_volume(mask, volume_node, "mask")
     segmentation = segmentation_node.GetSegmentation()
     if segmentation.GetSegment(segment_id) is None:
