@@ -117,3 +117,19 @@ def test_results_respect_the_editors_masking_and_overwrite(slicer_gui, scene, in
     cube[scenes.CUBE] = True
     assert np.array_equal(mask, cube & ~other)  # only the editable area (outside all segments)
     assert np.array_equal(scenes.segment_array(segmentation, ids[1], volume), other)  # untouched
+
+
+def test_the_modules_model_choice_opens_a_new_session(slicer_gui, scene, in_process_sessions):
+    from SAMAdapt3DSlicerLib import effect_session
+
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    try:
+        effect_session.set_model_choice("my-model.safetensors", "cpu")  # what the setup module does
+        click(editor, view, slice_through(view, volume, (6, 7, 7)))
+        wait_for(slicer_gui, effect_idle(effect))
+    finally:
+        effect_session.set_model_choice(effect_session.DEFAULT_MODEL)
+    assert [opened[:2] for opened in in_process_sessions] == [("litemedsam", "auto"), ("my-model.safetensors", "cpu")]
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6  # the click ran on the new one

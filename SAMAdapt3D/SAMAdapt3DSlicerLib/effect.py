@@ -44,6 +44,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.runner = None
+        self._runnerChoice = None
         self.generation = 0
         self.nodes = {}  # "positive" | "negative" | "box" -> markups node
         self._node_tags = []
@@ -123,8 +124,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault("Polarity", "positive")
-        self.scriptedEffect.setParameterDefault("Model", effect_session.DEFAULT_MODEL)
-        self.scriptedEffect.setParameterDefault("Device", "auto")
+        self.scriptedEffect.setParameterDefault("Model", "")  # "": the SAMAdapt3D module's choice
+        self.scriptedEffect.setParameterDefault("Device", "")
 
     def updateGUIFromMRML(self):
         positive = self.scriptedEffect.parameter("Polarity") != "negative"
@@ -228,7 +229,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volume is None or segmentation is None or not segment_id:
             self.setStatus("Select a source volume, a segmentation and a segment in the Segment Editor.")
             return False
-        context = (volume.GetID(), segmentation.GetID(), segment_id)
+        context = (volume.GetID(), segmentation.GetID(), segment_id, self.modelChoice())
         if context == self._context:
             return True
         if self._context is not None:
@@ -246,11 +247,21 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.setStatus("Preparing the model…")
         return True
 
+    def modelChoice(self):
+        """(model, device): the effect's own parameters if set, else what the SAMAdapt3D module selected."""
+        model, device = effect_session.model_choice()
+        return (self.scriptedEffect.parameter("Model") or model, self.scriptedEffect.parameter("Device") or device)
+
     def ensureRunner(self):
+        """The worker for the current model; a new model gets a new session (the old one is shut down)."""
+        choice = self.modelChoice()
+        if self.runner is not None and self._runnerChoice != choice:
+            self.runner.shutdown()
+            self.runner = None
         if self.runner is None:
-            model = self.scriptedEffect.parameter("Model") or effect_session.DEFAULT_MODEL
-            device = self.scriptedEffect.parameter("Device") or "auto"
+            model, device = choice
             self.runner = PromptRunner(lambda: effect_session.open_session(model, device))
+            self._runnerChoice = choice
         return self.runner
 
     @staticmethod

@@ -17,6 +17,7 @@ DEFAULT_MODEL = "litemedsam"
 
 SessionOpener = Callable[[str, str], Any]  # (model, device) -> a session with InteractiveSession's API
 _opener: SessionOpener | None = None
+_model_choice = (DEFAULT_MODEL, "auto")
 _server = None
 _server_lock = threading.Lock()
 
@@ -25,6 +26,17 @@ def set_session_opener(opener: SessionOpener | None) -> None:
     """Install how sessions are opened (None: back to the local server)."""
     global _opener
     _opener = opener
+
+
+def set_model_choice(model: str, device: str = "auto") -> None:
+    """The model and device the setup module selected; the effect uses them for its next session (an effect whose
+    own "Model" parameter is set keeps that one)."""
+    global _model_choice
+    _model_choice = (model or DEFAULT_MODEL, device or "auto")
+
+
+def model_choice() -> tuple[str, str]:
+    return _model_choice
 
 
 def open_session(model: str = DEFAULT_MODEL, device: str = "auto"):
