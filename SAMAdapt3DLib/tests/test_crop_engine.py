@@ -43,7 +43,7 @@ def test_crop_at_the_far_border():
     image[12:, 14:, 16:] = 100
     engine, _ = engine_for(image)
     prob = run(engine, pos=[(14, 16, 18)])
-    assert engine.last_crops == [(8, 10, 12)]
+    assert engine.last_crops == [(9, 9, 12)]  # (8, 10, 12) centres the click; crops start on a lattice of 3
     assert np.array_equal(prob > 0.5, image > 50)
 
 
@@ -53,13 +53,15 @@ def test_cache_hit_inside_the_crop_miss_outside():
     image[28:32, 28:32, 28:32] = 50
     engine, model = engine_for(image)
     run(engine, pos=[(10, 10, 10)])
-    assert (engine.cache_hits, engine.cache_misses) == (0, 1)
-    run(engine, pos=[(10, 10, 10), (11, 9, 10)])  # inside the current crop: decode only
-    assert (engine.cache_hits, engine.cache_misses) == (1, 1)
+    assert (engine.cache_hits, engine.cache_misses, engine.objects_decoded) == (0, 1, 1)
+    run(engine, pos=[(10, 10, 10), (9, 10, 8)])  # the same lattice crop (3, 3, 3): decode only
+    assert (engine.cache_hits, engine.cache_misses, engine.objects_decoded) == (1, 1, 2)
     assert model.encode_calls == 1 and model.decode_calls == 2
-    prob = run(engine, pos=[(10, 10, 10), (11, 9, 10), (30, 30, 30)])  # outside: a new crop
-    assert (engine.cache_hits, engine.cache_misses) == (2, 2)
+    prob = run(engine, pos=[(10, 10, 10), (9, 10, 8), (30, 30, 30)])  # far away: a new crop
+    assert (engine.cache_hits, engine.cache_misses, engine.objects_decoded) == (1, 2, 3)
     assert np.array_equal(prob > 0.5, image > 0)
+    run(engine, pos=[(10, 10, 10)])  # an undo replays from the object cache: nothing decoded
+    assert model.decode_calls == 3 and model.encode_calls == 2
     engine.set_image(image.astype(np.float32))  # a new image drops the cache
     run(engine, pos=[(10, 10, 10)])
     assert engine.cache_misses == 3
@@ -116,7 +118,7 @@ def test_box_places_the_crop_and_bounds_the_result():
     expected = np.zeros_like(image, dtype=bool)
     expected[8:12, 8:12, 20:31] = True
     assert np.array_equal(prob > 0.5, expected)
-    assert engine.last_crops[0] == (4, 4, 19)  # centred on the box centre (10, 10, 25)
+    assert engine.last_crops[0] == (3, 3, 18)  # the lattice crop nearest centring the box centre (10, 10, 25)
     prob = run(engine, pos=[(10, 10, 22)], box=box)
     assert np.array_equal(prob > 0.5, expected)
 

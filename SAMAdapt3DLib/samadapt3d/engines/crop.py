@@ -1,23 +1,25 @@
-"""CropEngine: runs a CropModel (3DSAM-adapter style) on a whole model-space volume.
+"""CropEngine: runs a CropModel (3DSAM-adapter style) on a whole model-space volume, under the interaction
+contract (docs/SESSION.md; engines.compose).
 
-- Crops of `model.crop_size` are centred on the prompts and padded (with the image minimum) where
-  they leave the image. Encoder features are kept in a small LRU cache keyed by crop position, so a
-  click inside an already encoded crop re-runs only the decoder (`cache_hits` / `cache_misses`).
-- Positive points are assigned, in order, to the first crop that contains them; a point outside every
-  crop opens a new crop centred on it (earlier assignments never move, so their features stay cached).
-- Growth: when a crop's mask touches one of its faces (away from the image border), a neighbouring
-  crop is added in that direction (stride = crop size minus a quarter overlap), prompted with the
-  mask voxels in the overlap, until nothing touches a face or `max_crops` crops were run. Crops merge
-  by taking the maximum probability.
-- Models trained with unlabelled points only cannot take negatives or boxes, so they are emulated
-  (docs/SESSION.md):
-  * a negative click removes the connected region of the result it lands in; when that region holds
-    positive clicks, only the voxels strictly nearer to the negative click than to every positive click
-    in it go (ties go to the positive: `engines.prompts.negative_cut`);
-  * a box places the first crop at its centre (the box centre is the click when there are no positive
-    points) and bounds the result: nothing outside the box is foreground, and no crop grows past it.
-- A seed mask (refining an existing segment) is kept: the result is the union of the seed and what
-  the positive clicks find, then negatives and the box apply.
+- Each positive click has its own object: the crop of `model.crop_size` whose start lies on a lattice of
+  `crop_size // 4` steps and centres the click best (padded with the image minimum where it leaves the
+  image), decoded with that one click, grown into neighbouring crops. So an object depends on its click only
+  (clicks compose the same way in any order, and an undo replays from the caches), and clicks near each other
+  share a crop. Encoder features are kept in a small LRU keyed by crop position (`cache_hits` /
+  `cache_misses`), objects in an LRU keyed by click (`objects_decoded` counts the misses).
+- Growth: when a crop's mask touches one of its faces (away from the image border), a neighbouring crop is
+  added in that direction (stride = crop size minus a quarter overlap), prompted with the mask voxel in the
+  overlap nearest its centre, until nothing touches a face or `max_crops` crops were run. Crops merge by taking
+  the maximum probability.
+- The network takes unlabelled points only, so negatives and boxes are emulated (docs/SESSION.md):
+  * clicks compose as in engines.compose: a positive adds its object (minus what earlier negatives cut), a
+    negative removes the part of the result it cuts (`engines.prompts.negative_cut`: the connected object it
+    lands in, or, with positive clicks in that object, the voxels strictly nearer to it; ties go to the
+    positive);
+  * a box adds the object of a click at its centre, and bounds the objects of the clicks inside it: nothing
+    they add lies outside the box, and no crop of theirs grows past it (a click outside the box is the user
+    reaching beyond it: its object is not bounded).
+- A seed mask (refining an existing segment) is where the composition starts.
 """
 from __future__ import annotations
 
@@ -30,23 +32,33 @@ import torch
 from ..errors import CancelledError
 from ..preprocess import extract_crop, paste_max
 from .base import ModelPrompts, ProgressCallback
-from .prompts import click_voxel, click_voxels, label_components, negative_cut
+from .compose import ClickComposer
+from .prompts import click_voxel
 
 _FACES = [(axis, side) for axis in range(3) for side in (-1, 1)]
+#: crops start on a lattice of crop_size // CROP_LATTICE_DIVISOR voxels (a click is within 1/8 crop of the centre)
+CROP_LATTICE_DIVISOR = 4
 
 
 class CropEngine:
-    def __init__(self, model, max_crops: int = 27, cache_size: int = 16, overlap: float = 0.25) -> None:
+    def __init__(self, model, max_crops: int = 27, cache_size: int = 16, overlap: float = 0.25,
+                 object_cache_bytes: int = 256 << 20) -> None:
         self.model = model
         self.crop_size = np.asarray(model.crop_size, dtype=int)
         self.max_crops = int(max_crops)
         self.cache_size = int(cache_size)
+        self.object_cache_bytes = int(object_cache_bytes)
         self.stride = np.maximum(1, self.crop_size - np.maximum(1, np.round(self.crop_size * overlap).astype(int)))
+        self.lattice = np.maximum(1, self.crop_size // CROP_LATTICE_DIVISOR)
         self.image: np.ndarray | None = None
         self._features: OrderedDict[tuple[int, int, int], object] = OrderedDict()
+        self._objects: OrderedDict[tuple, tuple[tuple[slice, ...], np.ndarray]] = OrderedDict()
+        self._objects_bytes = 0
+        self._composer = ClickComposer()
         self.cache_hits = 0
         self.cache_misses = 0
-        #: crop starts (d, h, w) used by the latest run, in the order they ran (for tests and display)
+        self.objects_decoded = 0
+        #: crop starts (d, h, w) decoded by the latest run, in the order they ran (for tests and display)
         self.last_crops: list[tuple[int, int, int]] = []
 
     # ---- Engine protocol ----------------------------------------------------------------------
@@ -54,62 +66,73 @@ class CropEngine:
         self.image = np.ascontiguousarray(image, dtype=np.float32)
         self._pad_value = float(self.image.min())
         self._features.clear()
+        self._objects.clear()
+        self._objects_bytes = 0
+        self._composer.reset()
         self.last_crops = []
 
     def run(self, prompts: ModelPrompts, seed: np.ndarray | None = None,
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> np.ndarray:
         if self.image is None:
             raise RuntimeError("CropEngine.run before set_image")
-        shape = np.asarray(self.image.shape)
+        shape = self.image.shape
         box = None
         if prompts.box is not None:
-            lo, hi = (click_voxel(c, shape) for c in prompts.box)
-            lo, hi = np.asarray(lo), np.asarray(hi)
+            lo, hi = (np.asarray(click_voxel(c, shape)) for c in prompts.box)
             box = (lo, hi)
-        positives = [np.asarray(p, dtype=np.float64) for p in prompts.positive]
-        if not positives and box is not None and seed is None:
-            positives = [(box[0] + box[1]) / 2.0]
-
-        prob = np.zeros(self.image.shape, dtype=np.float32)
-        if seed is not None:
-            prob[np.asarray(seed, dtype=bool)] = 1.0
-        previous = [np.asarray(k) for k in self.last_crops if k in self._features]
         self.last_crops = []
-        if positives:
-            # first crop: the box centre when there is a box; a point inside a crop of the previous
-            # run (whose features are cached) reuses it; any other point opens a crop centred on it
-            groups: list[tuple[np.ndarray, list[np.ndarray]]] = []
-            if box is not None:
-                groups.append((self._start_centred_on((box[0] + box[1]) / 2.0), []))
-            for point in positives:
-                for start, members in groups:
-                    if self._inside(point, start):
-                        members.append(point)
-                        break
-                else:
-                    reuse = [s for s in previous if self._inside(point, s)]
-                    groups.append((reuse[0] if reuse else self._start_centred_on(point), [point]))
-            self._run_groups([(s, m) for s, m in groups if m], prob, box, progress, cancel)
 
-        result_mask = prob > 0.5
-        if len(prompts.negative):
-            self._apply_negatives(prob, result_mask, prompts.negative, prompts.positive)
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("segmentation cancelled")
+
+        def object_of(point: np.ndarray) -> np.ndarray:
+            inside = box is not None and bool(np.all(np.asarray(click_voxel(point, shape)) >= box[0])
+                                               and np.all(np.asarray(click_voxel(point, shape)) <= box[1]))
+            return self.object_of(point, box if inside else None, progress, cancel)
+
+        box_object = None
         if box is not None:
-            bounded = np.zeros_like(prob)
-            region = tuple(slice(int(a), int(b) + 1) for a, b in zip(*box))
-            bounded[region] = prob[region]
-            prob = bounded
+            box_object = lambda: self.object_of((box[0] + box[1]) / 2.0, box, progress, cancel)  # noqa: E731
+        prob = self._composer.compose(shape, prompts, None if seed is None else np.asarray(seed, bool),
+                                      object_of, box_object, check)
         if progress is not None:
             progress(1.0, "done")
         return prob
 
-    # ---- crops --------------------------------------------------------------------------------
-    def _start_centred_on(self, point) -> np.ndarray:
-        return np.asarray(click_voxel(point)) - self.crop_size // 2
+    # ---- one click's object -----------------------------------------------------------------
+    def object_of(self, point, box=None, progress=None, cancel=None) -> np.ndarray:
+        """Foreground probability [D, H, W] of the object of one click (bounded by `box` when given); cached."""
+        point = np.asarray(point, dtype=np.float64)
+        key = (tuple(float(v) for v in point), None if box is None else tuple(int(v) for c in box for v in c))
+        hit = self._objects.get(key)
+        full = np.zeros(self.image.shape, dtype=np.float32)
+        if hit is not None:
+            self._objects.move_to_end(key)
+            region, values = hit
+            full[region] = values
+            return full
+        self.objects_decoded += 1
+        self._run_groups([(self._start_for(point), [point])], full, box, progress, cancel)
+        nonzero = np.argwhere(full > 0)
+        region = tuple(slice(0, 0) for _ in range(3))
+        if len(nonzero):
+            region = tuple(slice(int(a), int(b) + 1) for a, b in zip(nonzero.min(axis=0), nonzero.max(axis=0)))
+        values = full[region].astype(np.float16)  # 1e-3 steps: plenty for a probability thresholded at 0.5
+        self._objects[key] = (region, values)
+        self._objects_bytes += values.nbytes
+        while self._objects_bytes > self.object_cache_bytes and len(self._objects) > 1:
+            _, (_, old) = self._objects.popitem(last=False)
+            self._objects_bytes -= old.nbytes
+        out = np.zeros_like(full)
+        out[region] = values.astype(np.float32)  # the same values whether decoded now or read from the cache
+        return out
 
-    def _inside(self, point, start) -> bool:
-        p = np.asarray(click_voxel(point))
-        return bool(np.all(p >= start) and np.all(p < start + self.crop_size))
+    # ---- crops --------------------------------------------------------------------------------
+    def _start_for(self, point) -> np.ndarray:
+        """The lattice crop start that centres `point` best."""
+        ideal = np.asarray(click_voxel(point)) - self.crop_size // 2
+        return (np.floor(ideal / self.lattice + 0.5) * self.lattice).astype(int)
 
     def features(self, start) -> object:
         """Encoder features of the crop at `start` (cached)."""
@@ -193,11 +216,3 @@ class CropEngine:
         order = np.argsort(((idx - centre) ** 2).sum(axis=1))
         points = [(idx[n] + start).astype(np.float64) for n in order[:1]]
         return new_start, points
-
-    # ---- negatives ----------------------------------------------------------------------------
-    @staticmethod
-    def _apply_negatives(prob, mask, negatives, positives) -> None:
-        labels = label_components(mask)
-        pos = click_voxels(positives, prob.shape)
-        for neg in click_voxels(negatives, prob.shape):
-            prob[negative_cut(mask, neg, pos, labels)] = 0.0  # ties go to the positive (engines.prompts)
