@@ -108,8 +108,12 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLik
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:  # a failed write leaves the old file and no partial one
+        if tmp.exists():
+            tmp.unlink()
 
 
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
