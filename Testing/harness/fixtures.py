@@ -40,20 +40,29 @@ def toy_crop_model():
     return module.ToyCropModel()
 
 
+class OpenedSessions(list):
+    """The sessions the effect opened, as (model, device, session); `install()` makes the effect open in-process
+    ones again (the setup module installs its server's opener when it loads)."""
+
+    def install(self) -> None:
+        from samadapt3d.session import InteractiveSession
+        from SAMAdapt3DSlicerLib import effect_session
+
+        def opener(model, device):
+            session = InteractiveSession(toy_crop_model())
+            self.append((model, device, session))
+            return session
+
+        effect_session.set_session_opener(opener)
+
+
 @pytest.fixture
 def in_process_sessions():
     """Sessions for the effect: an in-process InteractiveSession on the toy model (RemoteSession's API)."""
-    from samadapt3d.session import InteractiveSession
     from SAMAdapt3DSlicerLib import effect_session
 
-    opened = []
-
-    def opener(model, device):
-        session = InteractiveSession(toy_crop_model())
-        opened.append((model, device, session))
-        return session
-
-    effect_session.set_session_opener(opener)
+    opened = OpenedSessions()
+    opened.install()
     yield opened
     effect_session.set_session_opener(None)
 
