@@ -7,7 +7,9 @@ Start from the seed (or nothing), then take the prompts in the order they were g
   negative clicks cut from it (`negative_cut`: ties go to the positives), is ADDED to the result: a positive
   never removes anything, and objects of separate clicks give their union;
 - a negative click: the part of the result it cuts (`negative_cut` with the positives so far) is REMOVED:
-  a negative never adds anything, and its own voxel leaves the result unless a positive is on it.
+  a negative never adds anything, and its own voxel leaves the result.
+Two clicks on one voxel: the latest wins (a negative on a positive's voxel takes that positive back, so it no
+longer shields its object; a positive on a negative's voxel puts it back).
 Objects come from the engine's cache, so replaying the prompts after an undo decodes nothing; the state after
 the previous run is kept, so a prompt appended to the same list costs one step.
 """
@@ -87,6 +89,7 @@ class ClickComposer:
         prob = fold.probability
         voxel = click_voxel(point, prob.shape)
         if positive:
+            fold.negatives = [v for v in fold.negatives if v != voxel]  # the latest click on a voxel wins
             fold.positives.append(voxel)
             found = np.asarray(object_of(point), np.float32)
             obj = found > 0.5
@@ -100,6 +103,7 @@ class ClickComposer:
             np.maximum(prob, np.where(obj, found, 0.0).astype(np.float32), out=prob)
             prob[voxel] = 1.0
         else:
+            fold.positives = [v for v in fold.positives if v != voxel]  # a negative on a positive's voxel overrides it
             fold.negatives.append(voxel)
             mask = prob > 0.5
             prob[negative_cut(mask, voxel, fold.positives)] = 0.0

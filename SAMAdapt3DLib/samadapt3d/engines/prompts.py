@@ -5,8 +5,8 @@
   would round halves to even).
 - Negative split: inside one connected object holding both a negative click and positive clicks, a
   voxel goes to the negative (is cut) only when it is strictly nearer to the negative than to every
-  positive click; ties go to the positive. So a negative on a positive's own voxel removes nothing
-  there, and a positive's voxel is never cut by a negative elsewhere.
+  positive click; ties go to the positive. So a positive's voxel is never cut by a negative elsewhere (two
+  clicks on one voxel: engines.compose lets the latest win).
 """
 from __future__ import annotations
 
