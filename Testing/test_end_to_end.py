@@ -1,198 +1,176 @@
-"""Scene -> bridge -> InteractiveSession -> model -> segment, headless (slicer-core), as the module runs it.
+"""The real SAMAdapt3D setup module (SAMAdapt3D.py, its .ui and Logic) run in the harness on a slicer-core scene:
+the .ui gives every MRML widget the scene, 'Segment all classes' goes through the server client on a worker thread
+and writes on the main thread, undo, a download with consent from a loopback server, the server settings reach the
+effect, and nothing (timer, thread, observer, opener) survives a scene close or a module reload.
 
-A small deterministic crop model (intensity similarity to the clicked voxel, flood-filled from the click) makes the
-expected segment exact, so the test checks the plumbing: RAS clicks on an oblique anisotropic volume, refinement
-from an existing segment, masking, undo / redo, moved / deleted prompts, prompts outside the volume. A second test
-runs the embedded default model (LiteMedSAM) once on a synthetic ball.
-"""
+The server is a stand-in with ServerClient's surface (load_model, auto, open_session); its label map is made here,
+so the expected segments are known. The real server and client are tested in SAMAdapt3DLib/tests."""
 from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-import vtk
 
-from SAMAdapt3DSlicerLib import core
+from harness import scenes
+from harness.fixtures import MODULE_DIR, slicer_gui, wait_for  # noqa: F401
+from SAMAdapt3DSlicerLib import downloads
 from SAMAdapt3DSlicerLib import scene_bridge as bridge
-from samadapt3d.families.base import CropModel
-from samadapt3d.preprocess import Preset
-from samadapt3d.volume import Volume
 
-OBLIQUE = np.array([[0.866, -0.5, 0.0], [0.5, 0.866, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
-    [[1.0, 0.0, 0.0], [0.0, 0.94, -0.342], [0.0, 0.342, 0.94]])
+MRML_WIDGETS = ("inputVolumeSelector", "segmentationSelector", "trainSegmentSelector")
 
 
-class SimilarityModel(CropModel):
-    """p > 0.5 on the 26-connected region of voxels within 50 of the clicked voxel's intensity."""
+class FakeServer:
+    """ServerClient's surface for 'Segment all classes': two classes, boxes in known places."""
 
-    family = "test-similarity"
+    def __init__(self, shape):
+        self.shape, self.calls = shape, []
 
-    def __init__(self):
-        super().__init__(Preset("test", spacing=None, orientation="LPS", normalization="none"))
-        self.crop_size = (24, 24, 24)
-        self.scale = torch.nn.Parameter(torch.ones(()))
+    def load_model(self, name, device="auto", sam_checkpoint=None):
+        self.calls.append(("load", name, device, sam_checkpoint))
+        return "model-1"
 
-    def encode(self, crop):
-        return crop.float() * self.scale
-
-    def decode(self, features, points):
-        out = torch.zeros_like(features)
-        size = torch.tensor(features.shape[2:])
-        for b in range(features.shape[0]):
-            image = features[b, 0]
-            for point in points[b]:
-                idx = torch.minimum(torch.clamp(torch.floor(point + 0.5).long(), min=0), size - 1)
-                allowed = ((image - image[idx[0], idx[1], idx[2]]).abs() < 50).float()
-                region = torch.zeros_like(allowed)
-                region[idx[0], idx[1], idx[2]] = 1.0
-                while True:
-                    grown = torch.maximum(F.max_pool3d(region[None, None], 3, 1, 1)[0, 0] * allowed, region)
-                    if torch.equal(grown, region):
-                        break
-                    region = grown
-                out[b, 0] = torch.maximum(out[b, 0], region)
-        return out
+    def auto(self, model_id, volume):
+        self.calls.append(("auto", model_id, volume.array.shape))
+        labels = np.zeros(volume.array.shape, np.uint8)
+        labels[1:3, 2:6, 2:6] = 1
+        labels[3:5, 8:12, 8:12] = 2
+        return labels, ("liver", "spleen")
 
 
-def ball(shape, centre_kji, radius):
-    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return (k - centre_kji[0]) ** 2 + (j - centre_kji[1]) ** 2 + (i - centre_kji[2]) ** 2 <= radius**2
+def load(gui):
+    return gui.load_module(MODULE_DIR / "SAMAdapt3D.py")
+
+
+def widget_of(loaded):
+    return loaded.widget
+
+
+def test_every_mrml_widget_has_the_scene(slicer_gui, scene):
+    w = widget_of(load(slicer_gui))
+    for name in MRML_WIDGETS:
+        assert getattr(w.ui, name).mrmlScene() is scene, name
+
+
+def test_segment_all_classes_through_the_server_and_undo(slicer_gui, scene, monkeypatch):
+    w = widget_of(load(slicer_gui))
+    volume = scenes.add_volume(scene, scenes.toy_image())
+    segmentation, (liver,) = scenes.add_segmentation(scene, volume, ("liver",))
+    fake = FakeServer(bridge.volume_from_node(volume).array.shape)
+    monkeypatch.setattr(w.logic.server, "client", lambda: fake)
+    w.ui.inputVolumeSelector.setCurrentNode(volume)
+    w.ui.segmentationSelector.setCurrentNode(segmentation)
+    assert w._parameterNode.inputVolume is volume and w._parameterNode.segmentation is segmentation
+    assert w.ui.classesButton.enabled
+    w.ui.classesButton.click()
+    wait_for(slicer_gui, lambda: "class segment" in w.ui.classesStatusLabel.text)
+    assert fake.calls[0] == ("load", "litemedsam", "auto", None)
+    labels = fake.auto("model-1", bridge.volume_from_node(volume))[0]
+    assert bridge.segment_id_by_name(segmentation, "liver") == liver  # reused by name
+    np.testing.assert_array_equal(bridge.segment_mask(segmentation, liver, volume), labels == 1)
+    spleen = bridge.segment_id_by_name(segmentation, "spleen")
+    np.testing.assert_array_equal(bridge.segment_mask(segmentation, spleen, volume), labels == 2)
+    assert w.ui.undoClassesButton.enabled
+    w.ui.undoClassesButton.click()
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert not bridge.segment_mask(segmentation, liver, volume).any()
+
+
+def test_a_failing_server_is_a_message_and_changes_nothing(slicer_gui, scene, monkeypatch):
+    w = widget_of(load(slicer_gui))
+    volume = scenes.add_volume(scene, scenes.toy_image())
+    segmentation, _ = scenes.add_segmentation(scene, volume, ("kept",))
+
+    def broken():
+        raise RuntimeError("the server ran out of memory (CUDA out of memory)")
+
+    monkeypatch.setattr(w.logic.server, "client", broken)
+    w.ui.inputVolumeSelector.setCurrentNode(volume)
+    w.ui.segmentationSelector.setCurrentNode(segmentation)
+    w.ui.classesButton.click()
+    wait_for(slicer_gui, lambda: "memory" in w.ui.classesStatusLabel.text)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    assert not w.ui.cancelClassesButton.enabled
+
+
+def test_server_settings_reach_the_effect(slicer_gui, scene):
+    from SAMAdapt3DSlicerLib import effect_session
+
+    w = widget_of(load(slicer_gui))
+    w.ui.remoteServerRadioButton.checked = True
+    w.ui.serverUrlLineEdit.text = "not a url"
+    w.onServerSettingsChanged()
+    assert "URL" in w.ui.serverStatusLabel.text
+    w.ui.serverUrlLineEdit.text = "http://gpu-box:8000"
+    w.ui.serverTokenLineEdit.text = "secret"
+    w.onServerSettingsChanged()
+    assert w.ui.serverStatusLabel.text == ""
+    assert w.logic.server.settings.url == "http://gpu-box:8000" and w.logic.server.settings.token == "secret"
+    assert effect_session._opener == w.logic.server.session_opener
+    assert "secret" not in str(w._parameterNode.parameterNode)  # the token never goes into the scene
 
 
 @pytest.fixture
-def world(scene):
-    shape = (14, 20, 18)  # [k, j, i]
-    target = ball(shape, (7, 9, 8), 3.5)
-    array = np.where(target, 400, 0).astype(np.int16)
-    volume = Volume(array, spacing=(0.9, 1.1, 2.5), origin=(10.0, -20.0, 5.0), direction=OBLIQUE)
-    node = bridge.volume_to_node(volume, scene, "vol")
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    seg.CreateDefaultDisplayNodes()
-    seg.SetReferenceImageGeometryParameterFromVolumeNode(node)
-    sid = bridge.add_segment(seg, "tumour")
-    other = bridge.add_segment(seg, "finished")
-    other_mask = np.zeros(shape, bool)
-    other_mask[:, :, 10:] = True  # covers part of the ball
-    bridge.write_segment_mask(seg, other, other_mask, node)
-    pos = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
-    neg = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "negative")
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
-    roi.RemoveAllControlPoints()
-    segmenter = core.Segmenter()
-    segmenter.set_model(SimilarityModel())
+def file_server():
+    payload = bytes(range(256)) * 4000
 
-    def ras(ijk):
-        m = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(m)
-        return m.MultiplyPoint([*map(float, ijk), 1.0])[:3]
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
-    def run(action="sync", settings=None, view_axis=None):
-        request = segmenter.make_request(node, seg, sid, pos, neg, None, view_axis=view_axis, action=action)
-        mask = segmenter.compute(request)
-        if mask is not None:
-            core.write_result(mask, node, seg, sid, settings)
-        return request, mask
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
-    return dict(volume=volume, node=node, seg=seg, sid=sid, other=other, other_mask=other_mask, target=target,
-                pos=pos, neg=neg, ras=ras, run=run, segmenter=segmenter)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/sam.pth", payload
+    srv.shutdown()
+    srv.server_close()
 
 
-def test_click_refine_undo_redo_and_masking(world):
-    w = world
-    seg, node, sid = w["seg"], w["node"], w["sid"]
-    outside_all = dict(mask_mode=bridge.MASK_OUTSIDE_ALL, overwrite_mode=bridge.OVERWRITE_NONE)
-    # a click at the ball's centre (i, j, k) = (8, 9, 7), given in RAS as Slicer's markups are
-    w["pos"].AddControlPoint(*w["ras"]((8, 9, 7)))
-    request, mask = w["run"](settings=outside_all, view_axis=2)
-    assert not request.messages and mask is not None
-    assert np.array_equal(mask, w["target"])  # the session found the ball
-    expected = w["target"] & ~w["other_mask"]  # the finished segment is not editable
-    assert np.array_equal(bridge.segment_mask(seg, sid, node), expected)
-    assert np.array_equal(bridge.segment_mask(seg, w["other"], node), w["other_mask"])
-
-    # nothing changed in the scene -> no model run, no write
-    assert w["run"](settings=outside_all)[1] is None
-
-    # a click outside the volume is reported and ignored
-    w["pos"].AddControlPoint(*w["ras"]((8, 9, 40)))
-    request, mask = w["run"](settings=outside_all)
-    assert mask is None and any("outside the volume" in m for m in request.messages)
-    w["pos"].RemoveNthControlPoint(1)
-
-    # a negative click in the background keeps the ball
-    w["neg"].AddControlPoint(*w["ras"]((1, 1, 1)))
-    request, mask = w["run"](settings=outside_all)
-    assert np.array_equal(mask, w["target"])
-    assert len(w["segmenter"].session.prompts) == 2
-
-    # moving the positive point to the background re-runs with the whole list: the ball is gone
-    w["pos"].SetNthControlPointPositionWorld(0, *w["ras"]((2, 2, 2)))
-    _, mask = w["run"](settings=outside_all)
-    assert mask is not None and not (mask & w["target"]).any()
-
-    # undo twice: back to the ball
-    segmenter = w["segmenter"]
-    _, mask = w["run"]("undo", settings=outside_all)
-    assert np.array_equal(mask, w["target"])
-    assert np.array_equal(bridge.segment_mask(seg, sid, node), expected)
-    _, mask = w["run"]("redo", settings=outside_all)
-    assert not (mask & w["target"]).any()
-    pos, neg, box = segmenter.session_prompts_ras()
-    np.testing.assert_allclose(pos[0], w["ras"]((2, 2, 2)), atol=1e-6)  # markups can be rewritten from these
-    assert len(neg) == 1 and box is None
-    assert np.array_equal(bridge.segment_mask(seg, w["other"], node), w["other_mask"])
+def test_download_asks_first_then_sets_the_sam_base_file(slicer_gui, scene, tmp_path, monkeypatch, file_server):
+    url, payload = file_server
+    w = widget_of(load(slicer_gui))
+    entry = downloads.ModelFile("sam_vit_b", "SAM ViT-B", "sam_test.pth", "sam-base", "https://example.org",
+                                "Apache-2.0", 1, url)
+    monkeypatch.setattr(downloads, "CATALOGUE", (entry,))
+    monkeypatch.setattr(w.logic, "modelsFolder", lambda: str(tmp_path))
+    w.populateCatalogue()
+    w.ui.catalogueListWidget.setCurrentRow(0)
+    w.onDownload()  # the harness answers the confirmation with OK
+    asked = [text for kind, text in slicer_gui.gui.messages if kind == "confirm"]
+    assert asked and "Apache-2.0" in asked[-1] and url in asked[-1]
+    wait_for(slicer_gui, lambda: "Saved" in w.ui.downloadStatusLabel.text or "rror" in w.ui.downloadStatusLabel.text)
+    assert (tmp_path / "sam_test.pth").read_bytes() == payload
+    assert hashlib.sha256(payload).hexdigest() in w.ui.downloadStatusLabel.text
+    assert w.ui.samCheckpointPathLineEdit.currentPath == str(tmp_path / "sam_test.pth")
 
 
-def test_refining_an_existing_segment_starts_from_its_voxels(world):
-    w = world
-    seg, node, sid = w["seg"], w["node"], w["sid"]
-    existing = np.zeros(w["target"].shape, bool)
-    existing[0:2, 0:2, 0:2] = True
-    bridge.write_segment_mask(seg, sid, existing, node)
-    request = w["segmenter"].make_request(node, seg, sid, w["pos"], w["neg"])
-    assert request.seed is not None and np.array_equal(request.seed, existing)
-    w["pos"].AddControlPoint(*w["ras"]((8, 9, 7)))
-    _, mask = w["run"]()
-    assert np.array_equal(mask, w["target"] | existing)  # a positive click adds to the seed
-    assert np.array_equal(bridge.segment_mask(seg, sid, node), w["target"] | existing)
-    # "clear prompts": back to the segment as it was before the prompts, not an empty segment
-    _, mask = w["run"]("reset")
-    assert np.array_equal(mask, existing) and np.array_equal(bridge.segment_mask(seg, sid, node), existing)
+def test_scene_close_and_reload_leave_nothing_behind(slicer_gui, scene, monkeypatch):
+    from SAMAdapt3DSlicerLib import effect_session
 
-
-def test_embedded_default_model_segments_a_ball(scene):
-    """LiteMedSAM (the embedded default) once through the whole path; CPU, a few seconds."""
-    try:
-        from samadapt3d.session import make_engine
-        import samadapt3d
-
-        model = samadapt3d.load_model(core.DEFAULT_MODEL, device="cpu")
-        make_engine(model)
-    except (ImportError, ModuleNotFoundError) as exc:
-        pytest.skip(f"the embedded model's engine is not in samadapt3d yet: {exc}")
-    shape = (24, 64, 64)
-    target = ball(shape, (12, 32, 32), 9)
-    rng = np.random.default_rng(0)
-    array = (np.where(target, 200.0, -100.0) + rng.normal(0, 5, shape)).astype(np.int16)
-    volume = Volume(array, spacing=(1.0, 1.0, 2.0), origin=(0, 0, 0))
-    node = bridge.volume_to_node(volume, scene, "ct")
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    seg.CreateDefaultDisplayNodes()
-    sid = bridge.add_segment(seg, "ball")
-    pos = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "positive")
-    m = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(m)
-    pos.AddControlPoint(*m.MultiplyPoint([32.0, 32.0, 12.0, 1.0])[:3])
-    segmenter = core.Segmenter()
-    segmenter.set_model(model)
-    # the module prepares as soon as volume and model are chosen: every slice along k (largest spacing) embedded
-    assert segmenter.prepare(bridge.volume_from_node(node), core.volume_key(node)) == shape[0]
-    embedded = segmenter.session.engine.stats["embedded"]
-    request = segmenter.make_request(node, seg, sid, pos, None, view_axis=2)
-    mask = segmenter.compute(request)
-    assert segmenter.session.engine.stats["embedded"] == embedded  # the click only decoded
-    core.write_result(mask, node, seg, sid)
-    got = bridge.segment_mask(seg, sid, node)
-    dice = 2 * (got & target).sum() / (got.sum() + target.sum())
-    assert got[12, 32, 32] and dice > 0.6, dice
+    loaded = load(slicer_gui)
+    w = widget_of(loaded)
+    volume = scenes.add_volume(scene, scenes.toy_image())
+    segmentation, _ = scenes.add_segmentation(scene, volume, ("s",))
+    w.ui.inputVolumeSelector.setCurrentNode(volume)
+    w.ui.segmentationSelector.setCurrentNode(segmentation)
+    monkeypatch.setattr(w.logic.server, "client", lambda: FakeServer(None))
+    w.ui.classesButton.click()
+    wait_for(slicer_gui, lambda: "class segment" in w.ui.classesStatusLabel.text)
+    assert w.logic.canUndoClasses()
+    scene.Clear(0)
+    assert not w.logic.canUndoClasses() and not w.ui.undoClassesButton.enabled
+    logic = w.logic
+    stopped = []
+    monkeypatch.setattr(logic.server, "stop", lambda: stopped.append(True))
+    reloaded = load(slicer_gui)  # Reload: the old widget is cleaned up first
+    assert stopped and not logic._timer.isActive()
+    assert not any(t.is_alive() for t in logic._workers.values())
+    assert reloaded.widget.logic is not logic
+    assert effect_session._opener == reloaded.widget.logic.server.session_opener

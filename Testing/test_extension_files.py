@@ -60,7 +60,8 @@ def _imports(path):
 
 
 def test_bridge_and_core_import_no_gui():
-    for name in ("scene_bridge.py", "core.py", "training.py"):
+    for name in ("scene_bridge.py", "segment_io.py", "core.py", "training.py", "downloads.py", "dependencies.py",
+                 "server_control.py"):
         imports, text = _imports(LIB / name)
         assert not imports & {"qt", "ctk", "slicer.util", "slicer.ScriptedLoadableModule", "PythonQt"}, imports
         code = re.sub(r'""".*?"""', "", text, flags=re.S)  # docstrings may name what is avoided
@@ -94,3 +95,30 @@ def test_only_modules_lie_where_slicer_scans_for_modules():
     tree = ast.parse((MODULE / "SegmentEditorSAMAdapt3D.py").read_text())
     assert "SegmentEditorSAMAdapt3D" in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     assert "self.parent.hidden = True" in ast.unparse(tree)
+
+
+def test_every_mrml_widget_in_the_ui_gets_the_scene():
+    """Slicer's scripted-module template: each MRML widget needs mrmlSceneChanged -> setMRMLScene from the root."""
+    tree = ET.parse(MODULE / "Resources/UI/SAMAdapt3D.ui")
+    root = tree.getroot().find("widget")
+    mrml = {w.get("name") for w in root.iter("widget") if w.get("class", "").startswith("qMRML") and w is not root}
+    connected = {c.findtext("receiver") for c in tree.iter("connection")
+                 if c.findtext("sender") == root.get("name") and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert mrml and mrml <= connected, mrml - connected
+
+
+def test_cmake_installs_the_library_with_the_module():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert re.search(r"install\(DIRECTORY \$\{SAMADAPT3D_LIBRARY_SOURCE\}/samadapt3d", text)
+    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/SAMAdapt3DLib" in text
+    assert "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/SAMAdapt3DLib" in text  # the ctest build tree
+
+
+def test_slicer_side_never_imports_torch():
+    """Models run in the server's process; Slicer's Python imports neither torch nor the torch-using library parts."""
+    heavy = {"torch", "samadapt3d.session", "samadapt3d.models", "samadapt3d.families", "samadapt3d.engines"}
+    for path in [MODULE / "SAMAdapt3D.py", *LIB.glob("*.py")]:
+        imports, _ = _imports(path)
+        found = {m for m in imports if m and any(m == h or m.startswith(h + ".") for h in heavy)}
+        assert not found, (path.name, found)

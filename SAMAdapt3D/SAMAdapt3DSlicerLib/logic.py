@@ -1,19 +1,23 @@
-"""SAMAdapt3D's Logic and parameter node: dependencies, model loading, the worker thread, scene writes and
-fine-tuning runs. Reads no widgets. SAMAdapt3D.py imports the Logic into the module's namespace, where Slicer
-expects it; the Qt-free parts it drives live in core.py, scene_bridge.py and training.py of this package.
+"""SAMAdapt3D's Logic and parameter node: models, downloads, device and server, dependencies, "Segment all
+classes" and fine-tuning. Reads no widgets. SAMAdapt3D.py imports the Logic into the module's namespace, where
+Slicer expects it. Everything that may take time runs on a worker thread or in a child process; results come back
+through one queue that a QTimer drains on the main thread (the only place the scene is touched). Slicer's process
+never imports torch: models run in the server (server_control), whose Python gets the dependencies.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import queue
 import threading
+import time
 import traceback
 
 import qt
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from SAMAdapt3DSlicerLib import dependencies, downloads, server_control
 
 try:
     from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -22,453 +26,276 @@ except ImportError:  # Slicer < 5.2
 
 #: the module folder (SAMAdapt3D/), one above this package
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-#: the library in this repository (SAMAdapt3DLib next to the module folder)
-LIBRARY_DIR = os.path.normpath(os.path.join(MODULE_DIR, os.pardir, "SAMAdapt3DLib"))
-TORCH_REQUIREMENT = ">=2.1"
 DEVICES = ("auto", "cuda", "mps", "cpu")
-POSITIVE_COLOR = (0.1, 0.85, 0.1)
-NEGATIVE_COLOR = (0.95, 0.15, 0.1)
-BOX_COLOR = (1.0, 0.85, 0.0)
-DEBOUNCE_MS = 300
-#: worker jobs on the whole volume, which read no prompts (so none is re-read after the model loads)
-WHOLE_VOLUME_ACTIONS = ("classes", "prepare")
+DEFAULT_MODEL = "litemedsam"
+#: how often the main thread looks at worker results (ms)
+POLL_MS = 100
 
-
-#
-# Parameter node
-#
 if parameterNodeWrapper is not None:
 
     @parameterNodeWrapper
     class SAMAdapt3DParameterNode:
         inputVolume: slicer.vtkMRMLScalarVolumeNode
         segmentation: slicer.vtkMRMLSegmentationNode
-        segmentID: str = ""
-        positivePoints: slicer.vtkMRMLMarkupsFiducialNode
-        negativePoints: slicer.vtkMRMLMarkupsFiducialNode
-        box: slicer.vtkMRMLMarkupsROINode
-        model: str = "litemedsam"
+        model: str = DEFAULT_MODEL
         device: str = "auto"
         samCheckpoint: str = ""  # SAM base file for adapter-only checkpoints (SAMed, MA-SAM, Med-SA)
-        autoUpdate: bool = True
 
 else:  # pragma: no cover - very old Slicer
     SAMAdapt3DParameterNode = None
 
-#
-# SAMAdapt3DLogic
-#
-class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
-    """Orchestrates dependencies, model loading, the worker thread and scene writes. Reads no widgets."""
 
-    SETTINGS_MODEL_FILES = "SAMAdapt3D/ModelFiles"
-    SETTINGS_SAM_CHECKPOINT = "SAMAdapt3D/SamCheckpoint"
+def slicer_python() -> str:
+    """Slicer's PythonSlicer (inside Slicer, sys.executable is the application itself)."""
+    from SAMAdapt3DSlicerLib import effect_session
+
+    return effect_session.slicer_python()
+
+
+class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
+    """Callbacks (set by the widget) get (status, message, fraction) with status in
+    "progress" | "ok" | "cancelled" | "error"; `classesCallback`, `downloadCallback`, `installCallback`,
+    `serverCallback`, `fineTuneCallback` (the last also gets the trained model's path)."""
+
+    SETTINGS = "SAMAdapt3D/"
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.progressCallback = None
-        self.finishedCallback = None
-        self.updatingPrompts = False
-        self._segmenter = None
-        self._thread = None
+        self.libraryDir = dependencies.put_library_on_path(MODULE_DIR)  # the torch-free client, shipped with us
+        self.server = server_control.ServerControl(slicer_python())
+        self.classesCallback = self.downloadCallback = self.installCallback = None
+        self.serverCallback = self.fineTuneCallback = None
+        self.environment = None  # dependencies.Environment of the server's Python, once probed
         self._events = queue.Queue()
-        self._pending = None
-        self._lastClassWrite = None  # (ClassWrite, volume node, segmentation node): undone by the next undo
-        self.fineTuneCallback = None
+        self._workers = {}  # kind -> thread
+        self._classesCancel = None
+        self._downloadCancel = None
+        self.lastDownload = None  # (catalogue entry, path) of the last finished download
+        self._installJob = None
+        self._lastClassWrite = None  # (ClassWrite, volume node, segmentation node): undone by undoClasses
         self.trainingCases = []
         self._trainingJob = None
         self._trainingOut = None
         self._trainingEvents = []
-        self._trainingTimer = qt.QTimer()
-        self._trainingTimer.setInterval(500)
-        self._trainingTimer.connect("timeout()", self._pollTraining)
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(50)
-        self._pollTimer.connect("timeout()", self._poll)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self._poll)
 
     def getParameterNode(self):
         if SAMAdapt3DParameterNode is None:
             raise RuntimeError("SAMAdapt3D needs Slicer 5.2 or newer (parameterNodeWrapper)")
         return SAMAdapt3DParameterNode(super().getParameterNode())
 
-    # ---- dependencies ------------------------------------------------------------------------------------
-    @staticmethod
-    def missingDependencies():
-        missing = []
-        if importlib.util.find_spec("torch") is None:
-            missing.append("torch")
-        if importlib.util.find_spec("samadapt3d") is None:
-            missing.append("samadapt3d")
-        return missing
+    # ---- settings (application settings, not the scene) ----------------------------------------------------
+    def setting(self, key, default=""):
+        value = slicer.app.settings().value(self.SETTINGS + key)
+        return default if value is None else value
 
-    @staticmethod
-    def installPlan(missing):
-        plan = []
-        if "torch" in missing:
-            has_extension = importlib.util.find_spec("PyTorchUtils") is not None
-            plan.append(f"PyTorch (torch{TORCH_REQUIREMENT}) "
-                        + ("through the PyTorch extension (picks the CUDA build for your GPU)" if has_extension
-                           else "from pip (install the PyTorch extension first for a GPU build)"))
-        if "samadapt3d" in missing:
-            plan.append(f"SAMAdapt3DLib (samadapt3d) from {LIBRARY_DIR}, with numpy, SimpleITK, safetensors")
-        return plan
+    def setSetting(self, key, value):
+        slicer.app.settings().setValue(self.SETTINGS + key, value)
 
-    @staticmethod
-    def installDependencies(missing, status=None):
-        status = status or (lambda text: None)
-        if "torch" in missing:
-            status("Installing PyTorch…")
-            try:
-                import PyTorchUtils
+    def modelsFolder(self):
+        return self.setting("ModelsFolder") or os.path.join(os.path.expanduser("~"), "SAMAdapt3D-models")
 
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError("PyTorch was not installed")
-            except ImportError:
-                slicer.util.pip_install(f"torch{TORCH_REQUIREMENT}")
-        if "samadapt3d" in missing:
-            if not os.path.isfile(os.path.join(LIBRARY_DIR, "pyproject.toml")):
-                raise RuntimeError(f"SAMAdapt3DLib not found at {LIBRARY_DIR}; install it with pip from a checkout "
-                                   "of the SAMAdapt3D repository (pip install path/to/SAMAdapt3DLib)")
-            status("Installing SAMAdapt3DLib…")
-            slicer.util.pip_install(f'"{LIBRARY_DIR}"' if " " in LIBRARY_DIR else LIBRARY_DIR)
-        importlib.invalidate_caches()
-
-    @staticmethod
-    def dependencyReport():
-        lines = []
-        try:
-            import torch
-
-            lines.append(f"PyTorch {torch.__version__}")
-            lines.append(f"CUDA available: {torch.cuda.is_available()}"
-                         + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
-            mps = getattr(torch.backends, "mps", None)
-            lines.append(f"Apple MPS available: {bool(mps is not None and mps.is_available())}")
-        except Exception as exc:
-            lines.append(f"PyTorch: not usable ({exc})")
-        try:
-            import samadapt3d
-            from samadapt3d.models import builtin_model_names
-
-            lines.append(f"samadapt3d {samadapt3d.__version__}; built-in models: {', '.join(builtin_model_names())}")
-        except Exception as exc:
-            lines.append(f"samadapt3d: not usable ({exc})")
-        return "\n".join(lines)
-
-    # ---- models ------------------------------------------------------------------------------------------
     def rememberedModelFiles(self):
-        value = qt.QSettings().value(self.SETTINGS_MODEL_FILES) or []
-        if isinstance(value, str):
-            value = [value]
-        return [path for path in value if os.path.exists(path)]
-
-    def rememberedSamCheckpoint(self):
-        path = qt.QSettings().value(self.SETTINGS_SAM_CHECKPOINT) or ""
-        return path if path and os.path.isfile(path) else ""
-
-    def rememberSamCheckpoint(self, path):
-        qt.QSettings().setValue(self.SETTINGS_SAM_CHECKPOINT, path or "")
+        value = self.setting("ModelFiles", [])
+        value = [value] if isinstance(value, str) else list(value or [])
+        return [path for path in value if path and os.path.exists(path)]
 
     def rememberModelFile(self, path):
-        files = [f for f in self.rememberedModelFiles() if f != path] + [path]
-        qt.QSettings().setValue(self.SETTINGS_MODEL_FILES, files)
+        self.setSetting("ModelFiles", [f for f in self.rememberedModelFiles() if f != path] + [path])
 
-    @staticmethod
-    def resolvedDevice(device):
-        if importlib.util.find_spec("torch") is None:
-            return device
-        try:
-            from samadapt3d.device import resolve_device
+    def serverSettings(self, device="auto"):
+        return server_control.ServerSettings(self.setting("ServerMode", server_control.LOCAL),
+                                             self.setting("ServerPython"), self.setting("ServerUrl"),
+                                             self.setting("ServerToken"), device)
 
-            return str(resolve_device(device))
-        except Exception:
-            return device
+    def applyServerSettings(self, settings):
+        """Remember the settings and make the Segment Editor effect open its sessions on this server."""
+        from SAMAdapt3DSlicerLib import effect_session
 
-    def cpuWarning(self, model, device):
-        """A warning when a heavy model (anything but the embedded LiteMedSAM) would run on the CPU."""
-        if not model or model == "litemedsam":
-            return ""
-        if self._segmenter is not None and self._segmenter.model is not None:
-            from SAMAdapt3DSlicerLib import core
+        for key, value in (("ServerMode", settings.mode), ("ServerPython", settings.python),
+                           ("ServerUrl", settings.url), ("ServerToken", settings.token)):
+            self.setSetting(key, value)
+        self.server.configure(settings)
+        effect_session.set_session_opener(self.server.session_opener)
+        return settings.problem()
 
-            if not core.is_heavy(self._segmenter.model):
-                return ""
-        if self.resolvedDevice(device).startswith("cpu"):
-            return ("This model runs on the CPU: each update can take a minute or more. Use a CUDA GPU (device "
-                    "'auto' or 'cuda') for interactive speed.")
-        return ""
+    # ---- worker threads -----------------------------------------------------------------------------------
+    def busy(self, kind):
+        thread = self._workers.get(kind)
+        return thread is not None and thread.is_alive()
 
-    @staticmethod
-    def modelKey(p):
-        """(model name or file, device, SAM base file or None): what Segmenter.load_model takes."""
-        return (p.model, p.device, p.samCheckpoint or None)
+    def _start(self, kind, target, *args):
+        if self.busy(kind):
+            raise RuntimeError(f"a {kind} job is already running")
 
-    def segmenter(self):
-        if self._segmenter is None:
-            from SAMAdapt3DSlicerLib import core
+        def run():
+            try:
+                target(*args)
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
+                self._events.put((kind, "error", self.describeError(exc, traceback.format_exc()), None, None))
 
-            self._segmenter = core.Segmenter(progress=self._threadProgress)
-        return self._segmenter
+        thread = threading.Thread(target=run, name=f"SAMAdapt3D-{kind}", daemon=True)
+        self._workers[kind] = thread
+        thread.start()
+        self._timer.start()
 
-    def resetSession(self):
-        if self._segmenter is not None and self._segmenter.model is not None:
-            self._segmenter.set_model(self._segmenter.model, self._segmenter.model_key)
-
-    def canUndo(self):
-        if self._lastClassWrite is not None:
-            return True
-        s = self._segmenter
-        return bool(s is not None and s.session is not None and s.session.can_undo)
-
-    def canRedo(self):
-        s = self._segmenter
-        return bool(s is not None and s.session is not None and s.session.can_redo)
-
-    # ---- prompt nodes ------------------------------------------------------------------------------------
-    def ensurePromptNodes(self, p):
-        with slicer.util.NodeModify(p.parameterNode):
-            if not p.positivePoints:
-                p.positivePoints = self._newPromptNode("vtkMRMLMarkupsFiducialNode", "SAMAdapt3D positive",
-                                                       POSITIVE_COLOR)
-            if not p.negativePoints:
-                p.negativePoints = self._newPromptNode("vtkMRMLMarkupsFiducialNode", "SAMAdapt3D negative",
-                                                       NEGATIVE_COLOR)
-            if not p.box:
-                p.box = self._newPromptNode("vtkMRMLMarkupsROINode", "SAMAdapt3D box", BOX_COLOR)
-
-    @staticmethod
-    def _newPromptNode(className, name, color):
-        node = slicer.mrmlScene.AddNewNodeByClass(className, name)
-        node.CreateDefaultDisplayNodes()
-        display = node.GetDisplayNode()
-        display.SetSelectedColor(*color)
-        display.SetColor(*color)
-        if hasattr(display, "SetActiveColor"):
-            display.SetActiveColor(*color)
-        if className == "vtkMRMLMarkupsFiducialNode":
-            display.SetPointLabelsVisibility(False)
-            display.SetGlyphScale(2.5)
-        node.SetMarkupLabelFormat("+" if "positive" in name else "-" if "negative" in name else "box")
-        return node
-
-    @staticmethod
-    def startPlacing(node, persistent=True):
-        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
-        interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-        if node.IsA("vtkMRMLMarkupsROINode") and node.GetNumberOfControlPoints():
-            node.RemoveAllControlPoints()  # one box: drawing a new one replaces it
-        selectionNode.SetReferenceActivePlaceNodeClassName(node.GetClassName())
-        selectionNode.SetActivePlaceNodeID(node.GetID())
-        interactionNode.SetPlaceModePersistence(1 if persistent else 0)
-        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
-
-    def clearPromptNodes(self, p):
-        self.updatingPrompts = True
-        try:
-            for node in (p.positivePoints, p.negativePoints, p.box):
-                if node is not None:
-                    node.RemoveAllControlPoints()
-        finally:
-            self.updatingPrompts = False
-
-    def restorePromptNodes(self, p):
-        """Rewrite the markups from the session's prompts (after undo / redo) without triggering a run."""
-        pos, neg, box = self.segmenter().session_prompts_ras()
-        self.updatingPrompts = True
-        try:
-            for node, points in ((p.positivePoints, pos), (p.negativePoints, neg)):
-                if node is None:
-                    continue
-                with slicer.util.NodeModify(node):
-                    node.RemoveAllControlPoints()
-                    for ras in points:
-                        node.AddControlPointWorld([float(v) for v in ras])
-            if p.box is not None:
-                p.box.RemoveAllControlPoints()
-                if box is not None:
-                    self._setBoxFromIndex(p.box, p.inputVolume, *box)
-        finally:
-            self.updatingPrompts = False
-
-    @staticmethod
-    def _setBoxFromIndex(roi, volumeNode, lo, hi):
-        import numpy as np
-        from SAMAdapt3DSlicerLib import scene_bridge as bridge
-
-        m = bridge.ijk_to_world_ras_matrix(volumeNode)
-        corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-        ras = (m[:3, :3] @ corners.T).T + m[:3, 3]
-        roi.SetCenterWorld(*((ras.min(axis=0) + ras.max(axis=0)) / 2))
-        roi.SetSizeWorld(*(ras.max(axis=0) - ras.min(axis=0)))
-
-    @staticmethod
-    def cursorSliceNode():
-        """The slice view under the mouse (None for a 3D view): its normal gives the click's view axis."""
-        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        if crosshair is None:
-            return None
-        xyz = [0.0, 0.0, 0.0]
-        return crosshair.GetCursorPositionXYZ(xyz)
-
-    # ---- segment editor settings ------------------------------------------------------------------------
-    @staticmethod
-    def segmentEditorNode():
-        """The Segment Editor's parameter node (masking / overwrite settings), if the editor was ever opened."""
-        node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
-        if node is None:
-            nodes = slicer.util.getNodesByClass("vtkMRMLSegmentEditorNode")
-            node = nodes[0] if nodes else None
-        return node
-
-    @staticmethod
-    def saveSegmentEditorUndoState(segmentationNode):
-        """Let the Segment Editor's own undo (Ctrl+Z there) restore the segmentation before our write."""
-        try:
-            editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
-            if editor.segmentationNode() == segmentationNode:
-                editor.saveStateForUndo()
-        except Exception:  # the editor widget may not exist yet: our own undo still works
-            pass
-
-    # ---- running -----------------------------------------------------------------------------------------
-    def busy(self):
-        return self._thread is not None and self._thread.is_alive()
-
-    def run(self, p, action="sync", viewSliceNode=None, segmentEditorNode=None):
-        """Start a run on the worker thread (returns True), or queue it if one is running (returns False).
-        action: "sync" (prompts changed), "undo", "redo", "reset", "classes" (multi-class models) or "prepare"
-        (load the model and precompute for this volume before the first click)."""
-        if self.busy():
-            if action != "prepare":  # a preparation never displaces a queued click
-                self._pending = (p, action, viewSliceNode, segmentEditorNode)
-            return False
-        from SAMAdapt3DSlicerLib import core
-        from SAMAdapt3DSlicerLib import scene_bridge as bridge
-
-        if action == "undo" and self._lastClassWrite is not None:
-            self.undoClasses()
-            return False
-        segmenter = self.segmenter()
-        volume = bridge.volume_from_node(p.inputVolume)
-        if action in WHOLE_VOLUME_ACTIONS:  # no prompts to read
-            job = dict(p=p, action=action, volume=volume, volumeKey=core.volume_key(p.inputVolume),
-                       modelKey=self.modelKey(p), editorNode=None)
-        else:
-            viewAxis = bridge.view_axis_from_slice_node(viewSliceNode, volume) if viewSliceNode is not None else None
-            request = None
-            if segmenter.session is not None:
-                request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
-                                                 p.negativePoints, p.box, view_axis=viewAxis, action=action)
-            job = dict(p=p, action=action, request=request, modelKey=self.modelKey(p), viewAxis=viewAxis,
-                       editorNode=segmentEditorNode or self.segmentEditorNode())
-        self._thread = threading.Thread(target=self._work, args=(job,), name="SAMAdapt3D-worker", daemon=True)
-        self._thread.start()
-        self._pollTimer.start()
-        return True
-
-    def _work(self, job):
-        """Worker thread: no scene access, no Qt. Results go through the queue."""
-        try:
-            segmenter = self.segmenter()
-            model, device, samCheckpoint = job["modelKey"]
-            if segmenter.model is None or segmenter.model_key != job["modelKey"]:
-                segmenter.load_model(model, device=device, sam_checkpoint=samCheckpoint)
-                if job["action"] not in WHOLE_VOLUME_ACTIONS:
-                    self._events.put(("need_request", job))  # the request must be read on the main thread
-                    return
-            if job["action"] == "prepare":  # ahead of the first click: image set, slices embedded
-                self._events.put(("prepared", job, segmenter.prepare(job["volume"], job["volumeKey"])))
-                return
-            if job["action"] == "classes":
-                labels, names = segmenter.compute_classes(job["volume"])
-                self._events.put(("classes", job, labels, names))
-                return
-            mask = segmenter.compute(job["request"])
-            self._events.put(("done", job, mask))
-        except BaseException as exc:  # noqa: BLE001 - everything becomes a message
-            self._events.put(("error", job, exc, traceback.format_exc()))
-
-    def _threadProgress(self, fraction, message):
-        self._events.put(("progress", fraction, message))
-
-    def cancel(self):
-        if self._segmenter is not None:
-            self._segmenter.cancel()
-
-    def shutdown(self):
-        self.cancel()
-        self.cancelFineTune()
-        self._pollTimer.stop()
+    def _post(self, kind, status, message, fraction=None, payload=None):
+        self._events.put((kind, status, message, fraction, payload))
 
     def _poll(self):
-        """Main thread: apply results, report progress."""
+        """Main thread: deliver worker events; apply class results to the scene."""
         while True:
             try:
-                event = self._events.get_nowait()
+                kind, status, message, fraction, payload = self._events.get_nowait()
             except queue.Empty:
                 break
-            kind = event[0]
-            if kind == "progress":
-                if self.progressCallback:
-                    self.progressCallback(event[1], event[2])
-            elif kind == "need_request":
-                job = event[1]
-                self._thread = None
-                self.run(job["p"], job["action"], None, job["editorNode"])
+            if kind == "classes" and status == "ok":
+                status, message = self._applyClasses(*payload)
+            callback = {"classes": self.classesCallback, "download": self.downloadCallback,
+                        "install": self.installCallback, "server": self.serverCallback}.get(kind)
+            if callback is not None:
+                callback(status, message, fraction)
+            else:
+                logging.info(f"SAMAdapt3D {kind}: {message}")
+        if self._installJob is not None:
+            self._pollInstall()
+        if self._trainingJob is not None:
+            self._pollTraining()
+        idle = not any(t.is_alive() for t in self._workers.values()) and self._events.empty()
+        if idle and self._installJob is None and not (self._trainingJob is not None and self._trainingJob.running):
+            self._timer.stop()
+
+    @staticmethod
+    def describeError(exc, tb=""):
+        """A message a user can act on (the scene is unchanged when a job fails)."""
+        text = str(exc) or type(exc).__name__
+        if "out of memory" in text.lower():
+            return ("The server ran out of memory; nothing was changed. Use a smaller model, another device, or "
+                    "close other GPU programs.")
+        if type(exc).__module__.startswith(("samadapt3d", "SAMAdapt3DSlicerLib")) or isinstance(exc, (OSError,
+                                                                                                     RuntimeError)):
+            return text
+        logging.error(tb)
+        return f"{type(exc).__name__}: {text} (details in the Python console)"
+
+    # ---- server ---------------------------------------------------------------------------------------------
+    def checkServer(self):
+        """Start or reach the server on a worker thread; the result goes to serverCallback."""
+        self._post("server", "progress", "Connecting to the server… (a local one starts in a few seconds)")
+        self._start("server", lambda: self._post("server", "ok", self.server.describe()))
+
+    # ---- dependencies ---------------------------------------------------------------------------------------
+    def serverPython(self):
+        return self.server.settings.python or self.server.default_python
+
+    def checkDependencies(self):
+        """Probe the server's Python on a worker thread (installCallback gets the report)."""
+        python = self.serverPython()
+
+        def probe():
+            self.environment = dependencies.probe(python)
+            self._post("install", "ok" if self.environment.ready else "missing", self.environment.describe())
+
+        self._start("probe", probe)
+
+    def installPlan(self, torchIndexUrl=""):
+        missing = self.environment.missing() if self.environment is not None else ["torch", "samadapt3d", "weights"]
+        if "python" in missing:
+            raise RuntimeError(f"cannot run the server's Python {self.serverPython()}: {self.environment.error}")
+        return dependencies.install_plan(self.serverPython(), missing, self.libraryDir, torchIndexUrl)
+
+    def installDependencies(self, steps):
+        """Run the install steps as child processes (non-blocking; Cancel stops the running one)."""
+        if self._installJob is not None and self._installJob.running:
+            raise RuntimeError("an installation is already running")
+        self._installJob = dependencies.InstallJob(steps).start()
+        self._timer.start()
+
+    def cancelInstall(self):
+        if self._installJob is not None:
+            self._installJob.cancel()
+
+    def _pollInstall(self):
+        for event in self._installJob.events():
+            status = {"done": "ok", "failed": "error", "cancelled": "cancelled"}.get(event.kind, "progress")
+            if self.installCallback is not None:
+                self.installCallback(status, event.text, event.fraction)
+            if status != "progress":
+                self._installJob = None
+                if status == "ok":
+                    self.checkDependencies()
                 return
-            elif kind == "done":
-                self._thread = None
-                self._apply(event[1], event[2])
-            elif kind == "classes":
-                self._thread = None
-                self._applyClasses(event[1], event[2], event[3])
-            elif kind == "prepared":
-                self._thread = None
-                self._finish("unchanged", "Ready: place points or a box." if event[2] else "Ready.")
-            elif kind == "error":
-                self._thread = None
-                status, message = self.describeError(event[2], event[3])
-                if event[1].get("action") == "prepare":  # nobody asked for it: a status line, not a dialog
-                    status, message = "unchanged", f"Not prepared ({message}); the first click will do it."
-                self._finish(status, message)
-        if not self.busy() and self._events.empty():
-            self._pollTimer.stop()
-            if self._pending is not None:
-                pending, self._pending = self._pending, None
-                self.run(*pending)
 
-    def _apply(self, job, mask):
+    # ---- downloads ------------------------------------------------------------------------------------------
+    def download(self, entry, folder=None):
+        """Download a catalogue entry (the widget asked for consent) on a worker thread."""
+        folder = folder or self.modelsFolder()
+        self._downloadCancel = threading.Event()
+        cancel = self._downloadCancel
+
+        def progress(done, total):
+            fraction = done / total if total else None
+            self._post("download", "progress", f"{entry.filename}: {done / 1e6:,.0f} MB"
+                       + (f" of {total / 1e6:,.0f} MB" if total else ""), fraction)
+
+        def run():
+            try:
+                result = downloads.download_entry(entry, folder, progress, cancel)
+            except downloads.DownloadCancelled as exc:
+                self._post("download", "cancelled", str(exc))
+                return
+            self.lastDownload = (entry, result.path)
+            self._post("download", "ok", f"Saved {result.path} (sha256 {result.sha256}, {result.checked}).", 1.0)
+
+        self._start("download", run)
+
+    def cancelDownload(self):
+        if self._downloadCancel is not None:
+            self._downloadCancel.set()
+
+    # ---- segment all classes --------------------------------------------------------------------------------
+    def segmentClasses(self, p):
+        """Multi-class model on the server (worker thread); the label map is written on the main thread."""
+        from SAMAdapt3DSlicerLib import scene_bridge as bridge
+
+        if not (p.inputVolume and p.segmentation):
+            raise RuntimeError("select an input volume and a segmentation first")
+        volume = bridge.volume_from_node(p.inputVolume)
+        volumeNode, segmentationNode = p.inputVolume, p.segmentation
+        model, device, samCheckpoint = p.model or DEFAULT_MODEL, p.device or "auto", p.samCheckpoint or None
+        self._classesCancel = threading.Event()
+        cancel = self._classesCancel
+
+        def run():
+            self._post("classes", "progress", f"Loading {os.path.basename(model)} on the server…", 0.1)
+            client = self.server.client()
+            modelId = client.load_model(model, device=device, sam_checkpoint=samCheckpoint)
+            self._post("classes", "progress", "Segmenting every class…", 0.3)
+            labels, names = client.auto(modelId, volume)
+            if cancel.is_set():
+                self._post("classes", "cancelled", "Cancelled; nothing was changed.")
+                return
+            self._post("classes", "ok", "", 1.0, (labels, names, volumeNode, segmentationNode))
+
+        self._start("classes", run)
+
+    def cancelClasses(self):
+        if self._classesCancel is not None:
+            self._classesCancel.set()
+
+    def _applyClasses(self, labels, names, volumeNode, segmentationNode):
         from SAMAdapt3DSlicerLib import core
 
-        p, request = job["p"], job["request"]
-        notes = list(request.messages) if request is not None else []
-        if mask is None:
-            self._finish("unchanged", "; ".join(notes) or "Up to date.")
-            return
-        self.saveSegmentEditorUndoState(p.segmentation)
-        self._lastClassWrite = None  # prompt edits take over the undo button
-        result = core.write_result(mask, p.inputVolume, p.segmentation, p.segmentID, job["editorNode"])
-        if job["action"] in ("undo", "redo"):
-            self.restorePromptNodes(p)
-        text = f"Segment updated: {result.voxels} voxels"
-        if result.blocked:
-            text += f" ({result.blocked} voxels outside the editable area were left out)"
-        if result.overwritten:
-            text += f"; removed from {len(result.overwritten)} other segment(s) (overwrite setting)"
-        self._finish("ok", "; ".join([text] + notes))
+        if volumeNode.GetScene() is None or segmentationNode.GetScene() is None:
+            return "cancelled", "The volume or segmentation was removed meanwhile; nothing was written."
+        write = core.write_classes(labels, list(names), volumeNode, segmentationNode)
+        self._lastClassWrite = (write, volumeNode, segmentationNode)
+        return "ok", write.summary()
 
-    def _applyClasses(self, job, labels, names):
-        """Main thread: one segment per class, remembered for one undo."""
-        from SAMAdapt3DSlicerLib import core
-
-        p = job["p"]
-        self.saveSegmentEditorUndoState(p.segmentation)
-        write = core.write_classes(labels, names, p.inputVolume, p.segmentation)
-        self._lastClassWrite = (write, p.inputVolume, p.segmentation)
-        self._finish("ok", write.summary())
-        return write
+    def canUndoClasses(self):
+        return self._lastClassWrite is not None
 
     def undoClasses(self):
         from SAMAdapt3DSlicerLib import core
@@ -476,37 +303,9 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         write, volumeNode, segmentationNode = self._lastClassWrite
         self._lastClassWrite = None
         core.undo_classes(write, volumeNode, segmentationNode)
-        self._finish("ok", "Class segments restored to what they were before 'Segment all classes'.")
+        return "Class segments restored to what they were before 'Segment all classes'."
 
-    def _finish(self, status, message):
-        if self.finishedCallback:
-            self.finishedCallback(status, message)
-        else:
-            logging.info(f"SAMAdapt3D: {message}")
-
-    @staticmethod
-    def describeError(exc, tb=""):
-        """A message a user can act on; Slicer stays usable (the session is unchanged on failure)."""
-        from samadapt3d.errors import CancelledError, SAMAdapt3DError
-
-        if isinstance(exc, CancelledError):
-            return "cancelled", "Cancelled; nothing was changed."
-        text = str(exc)
-        if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
-            try:
-                import torch
-
-                torch.cuda.empty_cache()
-            except Exception:
-                pass
-            return "error", ("The GPU ran out of memory. Nothing was changed. Close other GPU programs, use a "
-                             "smaller model, or choose device 'cpu' (slower).")
-        if isinstance(exc, SAMAdapt3DError):
-            return "error", text
-        logging.error(tb)
-        return "error", f"Segmentation failed: {type(exc).__name__}: {text} (details in the Python console)"
-
-    # ---- fine-tuning (a separate process) ----------------------------------------------------------------
+    # ---- fine-tuning (a separate process) -------------------------------------------------------------------
     @staticmethod
     def defaultTrainingFolder():
         return os.path.join(os.path.expanduser("~"), "SAMAdapt3D-finetune")
@@ -522,9 +321,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         self.trainingCases = []
 
     def startFineTune(self, outputFolder, model="litemedsam-adapter", epochs=20, device="auto", samCheckpoint=None):
-        """Export the cases and start `samadapt3d train` in a separate process; progress goes to fineTuneCallback."""
-        import time
-
+        """Export the cases and start `samadapt3d train` with the server's Python; progress to fineTuneCallback."""
         from SAMAdapt3DSlicerLib import training
 
         if self._trainingJob is not None and self._trainingJob.running:
@@ -533,12 +330,12 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         run = os.path.join(outputFolder or self.defaultTrainingFolder(), time.strftime("run-%Y%m%d-%H%M%S"))
         csvPath, target = training.export_training_set(self.trainingCases, os.path.join(run, "data"))
         command = training.training_command(csvPath, target, os.path.join(run, "model"), model=model, epochs=epochs,
-                                            device=device, sam_checkpoint=samCheckpoint)
+                                            device=device, sam_checkpoint=samCheckpoint, python=self.serverPython())
         self._trainingOut = os.path.join(run, "model")
         self._trainingEvents = []
         self._trainingJob = training.TrainingJob(command, log_path=os.path.join(run, "training.log"))
         self._trainingJob.start()
-        self._trainingTimer.start()
+        self._timer.start()
         self._fineTune("progress", f"Training '{target}' on {len(self.trainingCases)} case(s) ({model})…", 0.0)
         return self._trainingJob
 
@@ -550,13 +347,10 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     def _pollTraining(self):
         from SAMAdapt3DSlicerLib import training
 
-        if self._trainingJob is None:
-            self._trainingTimer.stop()
-            return
         for event in self._trainingJob.events():
             self._trainingEvents.append(event)
             if event.get("event") == "exit":
-                self._trainingTimer.stop()
+                job, self._trainingJob = self._trainingJob, None
                 self._finishFineTune(event)
                 return
             if event.get("event") == "log":
@@ -588,27 +382,24 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         else:
             logging.info(f"SAMAdapt3D fine-tune: {message}")
 
-    # ---- synchronous API (tests, scripting) -------------------------------------------------------------
-    def segmentNow(self, p, action="sync", viewAxis=None, segmentEditorNode=None):
-        """Load the model if needed, run in this thread and write the segment. Returns the WriteResult or None."""
-        from SAMAdapt3DSlicerLib import core
+    # ---- closing --------------------------------------------------------------------------------------------
+    def onSceneClose(self):
+        """The scene's nodes are going: forget what points at them, stop what would write into them."""
+        self.cancelClasses()
+        self._lastClassWrite = None
+        self.trainingCases = []
 
-        segmenter = self.segmenter()
-        segmenter.load_model(*self.modelKey(p))  # returns at once when this model is loaded
-        request = segmenter.make_request(p.inputVolume, p.segmentation, p.segmentID, p.positivePoints,
-                                         p.negativePoints, p.box, view_axis=viewAxis, action=action)
-        mask = segmenter.compute(request)
-        if mask is None:
-            return None
-        return core.write_result(mask, p.inputVolume, p.segmentation, p.segmentID,
-                                 segmentEditorNode or self.segmentEditorNode())
+    def shutdown(self):
+        """Module reload or application exit: no timer, thread result, child or server outlives the module."""
+        from SAMAdapt3DSlicerLib import effect_session
 
-    def segmentClassesNow(self, p):
-        """Multi-class models: load if needed, segment every class in this thread, write one segment per class.
-        Returns the ClassWrite (see core.py)."""
-        from SAMAdapt3DSlicerLib import scene_bridge as bridge
-
-        segmenter = self.segmenter()
-        segmenter.load_model(*self.modelKey(p))  # returns at once when this model is loaded
-        labels, names = segmenter.compute_classes(bridge.volume_from_node(p.inputVolume))
-        return self._applyClasses(dict(p=p), labels, names)
+        self.onSceneClose()
+        self.cancelDownload()
+        self.cancelInstall()
+        self.cancelFineTune()
+        self._timer.stop()
+        self._timer.disconnect("timeout()", self._poll)
+        self.classesCallback = self.downloadCallback = self.installCallback = None
+        self.serverCallback = self.fineTuneCallback = None
+        effect_session.set_session_opener(None)
+        self.server.stop()

@@ -1,40 +1,53 @@
 """SAMAdapt3D's self-test: runs inside 3D Slicer (Developer mode: Reload and Test, or ctest -R py_SAMAdapt3D).
-SAMAdapt3D.py imports the class, so Slicer finds it as <Module>Test."""
+SAMAdapt3D.py imports the class, so Slicer finds it as <Module>Test.
+
+It passes in a clean Slicer: the scene parts need nothing installed; the model check needs the server's
+dependencies (PyTorch and the default weights, which come from the network) and is skipped, with the reason, when
+they are missing. It never installs or downloads anything and never imports torch in Slicer's process.
+"""
 from __future__ import annotations
+
+import logging
+import unittest
 
 import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from SAMAdapt3DSlicerLib.logic import SAMAdapt3DLogic
+#: the embedded model must find the test ball this well from one click at its centre
+MIN_DICE = 0.7
 
 
-#
-# SAMAdapt3DTest
-#
 class SAMAdapt3DTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (Developer mode: Reload and Test, or ctest -R py_SAMAdapt3D)."""
-
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_SceneBridge()
-        self.setUp()
-        self.test_EmbeddedModelOnCTChest()
-        self.setUp()
-        self.test_MultiClassModelWritesOneSegmentPerClass()
+        self.skipped = []
+        for test in (self.test_SceneBridge, self.test_OtherSegmentsKeptOnAFinerGrid, self.test_ClassesWriteAndUndo,
+                     self.test_LibraryShippedWithTheModule, self.test_EmbeddedModelThroughTheServer):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as reason:  # needs what a clean Slicer lacks (network, dependencies)
+                self.skipped.append(f"{test.__name__}: {reason}")
+                logging.warning(f"SAMAdapt3D self-test skipped {test.__name__}: {reason}")
+        self.delayDisplay("Test passed" + (f" ({len(self.skipped)} skipped: {'; '.join(self.skipped)})"
+                                           if self.skipped else ""))
+
+    @staticmethod
+    def _volume(array, spacing=(1.0, 1.0, 1.0)):
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        slicer.util.updateVolumeFromArray(node, array)
+        node.SetSpacing(*spacing)
+        return node
 
     def test_SceneBridge(self):
         """Volume geometry and a RAS click through the bridge agree with Slicer's IJKToRAS."""
         import numpy as np
         from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
-        self.delayDisplay("Scene bridge")
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        slicer.util.updateVolumeFromArray(node, np.zeros((5, 6, 7), dtype=np.int16))
-        node.SetSpacing(0.5, 0.75, 2.0)
+        node = self._volume(np.zeros((5, 6, 7), dtype=np.int16), (0.5, 0.75, 2.0))
         node.SetOrigin(10, -5, 3)
         volume = bridge.volume_from_node(node)
         m = vtk.vtkMatrix4x4()
@@ -42,117 +55,94 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         ras = m.MultiplyPoint([3, 2, 1, 1])[:3]
         np.testing.assert_allclose(volume.physical_to_index(ras, "ras"), [3, 2, 1], atol=1e-6)
 
-    def test_EmbeddedModelOnCTChest(self):
-        """CTChest with a 10 mm-radius ball of contrast (600 HU) inserted in the mediastinum, so the answer is
-        known: one click at its centre must give a segment of about the ball's volume, centred on it, and a
-        finished neighbouring segment stays untouched under the Segment Editor's "outside all segments" masking."""
+    def test_OtherSegmentsKeptOnAFinerGrid(self):
+        """A segmentation on a grid twice as fine as the volume: writing one segment keeps a 1-voxel sheet."""
         import numpy as np
-        import SampleData
         from SAMAdapt3DSlicerLib import scene_bridge as bridge
 
-        logic = SAMAdapt3DLogic()
-        missing = logic.missingDependencies()
-        if missing:
-            logic.installDependencies(missing)
-        self.delayDisplay("Loading CTChest")
-        volumeNode = SampleData.SampleDataLogic().downloadSample("CTChest")
-        self.assertIsNotNone(volumeNode)
-        array = slicer.util.arrayFromVolume(volumeNode)
-        volume = bridge.volume_from_node(volumeNode)
-        centre = np.array(volume.size_ijk) // 2  # (i, j, k)
-        radiusMm = 10.0
-        ijkToRas = bridge.ijk_to_world_ras_matrix(volumeNode)
-        reach = np.ceil(radiusMm / volume.spacing).astype(int) + 1  # voxels per axis (i, j, k) around the centre
-        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, volume.size_ijk)
-        k, j, i = np.mgrid[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
-        offsetsMm = (np.stack([i, j, k], axis=-1) - centre) @ ijkToRas[:3, :3].T
-        ball = np.zeros(array.shape, bool)
-        ball[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = np.linalg.norm(offsetsMm, axis=-1) <= radiusMm
-        array[ball] = 600
-        slicer.util.arrayFromVolumeModified(volumeNode)
-
+        volumeNode = self._volume(np.zeros((8, 10, 12), dtype=np.int16), (2.0, 2.0, 2.0))
+        fine = self._volume(np.zeros((16, 20, 24), dtype=np.uint8))
+        fine.SetOrigin(*[o - 0.5 for o in volumeNode.GetOrigin()])
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentID = bridge.add_segment(segmentationNode, "ball")
-        neighbourID = bridge.add_segment(segmentationNode, "finished")
-        neighbour = np.zeros(array.shape, bool)
-        neighbour[:, :, centre[0] + 4:] = True  # covers the ball's right part (i > centre + 4)
-        bridge.write_segment_mask(segmentationNode, neighbourID, neighbour, volumeNode)
-        editorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
-        editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
-        editorNode.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+        sheet = np.zeros((16, 20, 24), np.uint8)
+        sheet[7, 2:-2, 2:-2] = 1
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        slicer.util.updateVolumeFromArray(labelmap, sheet)
+        labelmap.SetOrigin(fine.GetOrigin())
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
+        sheetID = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+        before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, sheetID, fine).sum()
+        targetID = bridge.add_segment(segmentationNode, "target")
+        mask = np.zeros((8, 10, 12), bool)
+        mask[0:2, 0:2, 0:2] = True  # away from the sheet
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        bridge.write_segment_mask(segmentationNode, targetID, mask, volumeNode)
+        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, sheetID, fine).sum()
+        self.assertEqual(int(after), int(before))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
 
-        p = logic.getParameterNode()
-        p.inputVolume = volumeNode
-        p.segmentation = segmentationNode
-        p.segmentID = segmentID
-        p.model = "litemedsam"
-        p.device = "auto"
-        logic.ensurePromptNodes(p)
-        p.positivePoints.AddControlPoint(*(ijkToRas @ np.r_[centre, 1.0])[:3])
-
-        self.delayDisplay("Running the embedded model")
-        result = logic.segmentNow(p, viewAxis=2, segmentEditorNode=editorNode)
-        self.assertIsNotNone(result)
-        got = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
-        expected = ball & ~neighbour
-        voxels = int(got.sum())
-        self.assertGreater(voxels, 0.5 * expected.sum(), f"{voxels} voxels, expected about {expected.sum()}")
-        self.assertLess(voxels, 2.0 * expected.sum(), f"{voxels} voxels, expected about {expected.sum()}")
-        dice = 2.0 * (got & expected).sum() / (got.sum() + expected.sum())
-        self.assertGreater(dice, 0.7, f"Dice {dice:.3f}")
-        centroid = np.argwhere(got).mean(axis=0)[::-1]  # (i, j, k)
-        distanceMm = np.linalg.norm(ijkToRas[:3, :3] @ (centroid - centre))
-        self.assertLess(distanceMm, 0.5 * radiusMm, f"centroid {distanceMm:.1f} mm from the ball's centre")
-        self.assertFalse((got & neighbour).any(), "the masked neighbour's voxels were written")
-        self.assertTrue(np.array_equal(bridge.segment_mask(segmentationNode, neighbourID, volumeNode), neighbour))
-
-        # a click outside the volume is ignored with a message and changes nothing
-        p.positivePoints.AddControlPoint(*(ijkToRas @ np.r_[centre + [0, 0, 10 * volume.size_ijk[2]], 1.0])[:3])
-        request = logic.segmenter().make_request(volumeNode, segmentationNode, segmentID, p.positivePoints,
-                                                 p.negativePoints, p.box)
-        self.assertTrue(any("outside the volume" in m for m in request.messages))
-        self.assertIsNone(logic.segmenter().compute(request))
-
-        # undo returns to the empty segment
-        self.assertIsNotNone(logic.segmentNow(p, action="undo", segmentEditorNode=editorNode))
-        self.assertEqual(int(bridge.segment_mask(segmentationNode, segmentID, volumeNode).sum()), 0)
-        self.delayDisplay("Test passed")
-
-    def test_MultiClassModelWritesOneSegmentPerClass(self):
-        """A (randomly initialised, tiny) SAMed: 'Segment all classes' adds one segment per class present, named
-        after the class; an existing segment of a class's name is reused; undo puts everything back."""
+    def test_ClassesWriteAndUndo(self):
+        """'Segment all classes' scene path: one segment per class by name, an existing one reused, undo."""
         import numpy as np
-        import torch
+        from SAMAdapt3DSlicerLib import core
         from SAMAdapt3DSlicerLib import scene_bridge as bridge
-        from samadapt3d.families.samed import SAMedModel
 
-        logic = SAMAdapt3DLogic()
-        torch.manual_seed(5)
-        model = SAMedModel("vit_tiny", rank=4)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(0.3 * torch.randn_like(parameter))
-        volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        rng = np.random.default_rng(0)
-        slicer.util.updateVolumeFromArray(
-            volumeNode, (rng.normal(0, 120, (3, 40, 36)) + np.linspace(-200, 300, 36)).astype(np.int16))
+        volumeNode = self._volume(np.zeros((6, 20, 20), dtype=np.int16))
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         segmentationNode.CreateDefaultDisplayNodes()
         liverID = bridge.add_segment(segmentationNode, "liver")
-        p = logic.getParameterNode()
-        p.inputVolume = volumeNode
-        p.segmentation = segmentationNode
-        p.model = "tiny-samed"
-        p.device = "cpu"
-        logic.segmenter().set_model(model.eval(), logic.modelKey(p))
-        write = logic.segmentClassesNow(p)
-        names = [name for name, (_, voxels, _) in write.written.items() if voxels]
-        self.assertGreaterEqual(len(names), 2)
-        for name in names:
-            self.assertIsNotNone(bridge.segment_id_by_name(segmentationNode, name))
+        labels = np.zeros((6, 20, 20), np.uint8)
+        labels[1:3, 2:8, 2:8] = 1
+        labels[3:5, 10:18, 10:18] = 2
+        write = core.write_classes(labels, ["liver", "spleen"], volumeNode, segmentationNode)
         self.assertEqual(bridge.segment_id_by_name(segmentationNode, "liver"), liverID)
-        self.assertTrue(logic.canUndo())
-        logic.run(p, action="undo")
+        self.assertEqual(int(bridge.segment_mask(segmentationNode, liverID, volumeNode).sum()), int((labels == 1).sum()))
+        self.assertIsNotNone(bridge.segment_id_by_name(segmentationNode, "spleen"))
+        core.undo_classes(write, volumeNode, segmentationNode)
         self.assertEqual(segmentationNode.GetSegmentation().GetNumberOfSegments(), 1)
+        self.assertEqual(int(bridge.segment_mask(segmentationNode, liverID, volumeNode).sum()), 0)
+
+    def test_LibraryShippedWithTheModule(self):
+        """The extension carries SAMAdapt3DLib; its torch-free client imports in Slicer's Python."""
+        import importlib
+
+        from SAMAdapt3DSlicerLib import dependencies
+        from SAMAdapt3DSlicerLib.logic import MODULE_DIR
+
+        self.assertIsNotNone(dependencies.put_library_on_path(MODULE_DIR), "SAMAdapt3DLib is not installed with the module")
+        client = importlib.import_module("samadapt3d.client")
+        self.assertTrue(hasattr(client, "LocalServer"))
+
+    def test_EmbeddedModelThroughTheServer(self):
+        """One click at the centre of a bright ball: the embedded LiteMedSAM, run by a local server started with
+        the server's Python, segments it (Dice against the ball)."""
+        import numpy as np
+        from SAMAdapt3DSlicerLib import dependencies, scene_bridge as bridge
+        from SAMAdapt3DSlicerLib.logic import SAMAdapt3DLogic
+
+        logic = SAMAdapt3DLogic()
+        python = logic.serverPython()
+        environment = dependencies.probe(python)
+        if not environment.ready:
+            raise unittest.SkipTest(f"needs the server's dependencies ({', '.join(environment.missing())}: "
+                                    "network); install them in the module's Dependencies section")
+        k, j, i = np.ogrid[:24, :64, :64]
+        ball = (k - 12) ** 2 + ((j - 32) / 2.0) ** 2 + ((i - 32) / 2.0) ** 2 <= 8 ** 2  # 1 x 0.5 x 0.5 mm voxels
+        array = np.where(ball, 600, -100).astype(np.int16) + np.random.default_rng(0).normal(0, 20, ball.shape).astype(np.int16)
+        volumeNode = self._volume(array, (0.5, 0.5, 1.0))
+        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentID = bridge.add_segment(segmentationNode, "ball")
+        try:
+            self.delayDisplay("Starting the local server and the embedded model")
+            session = logic.server.session_opener("litemedsam", "auto")
+            session.set_image(bridge.volume_from_node(volumeNode))
+            mask = session.add_point((32, 32, 12))
+            bridge.write_segment_mask(segmentationNode, segmentID, mask, volumeNode)
+        finally:
+            logic.shutdown()
+        got = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
+        dice = 2.0 * (got & ball).sum() / max(got.sum() + ball.sum(), 1)
+        self.assertGreater(dice, MIN_DICE, f"Dice {dice:.3f}")
