@@ -61,6 +61,12 @@ def _peak_memory(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--model" in argv or any(a.startswith("--model=") for a in argv):  # LiteMedSAM: its own module
+        from .runtime.bench_litemedsam import main as litemedsam_main
+
+        return litemedsam_main(argv)
     parser = argparse.ArgumentParser(prog="samadapt3d bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--crop", type=int, default=128, help="cubic crop side in voxels (published: 128)")

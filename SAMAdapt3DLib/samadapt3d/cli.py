@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--sam-checkpoint", default=None, help="base SAM weights, for families that need them")
     seg.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                      help="a setting of the model file's family, e.g. Med-SA's chunk=96 (docs/FAMILIES.md); repeatable")
+    seg.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                     help="LiteMedSAM encoder: auto (default: OpenVINO on CPU, bf16 where supported), fp32 (exact "
+                          "PyTorch) or bf16 (docs/LITEMEDSAM.md)")
     for option, kind, space in _POINT_OPTIONS:
         what = "foreground" if kind == "point" else "background"
         where = "voxel index i,j,k (ITK order)" if space == "ijk" else f"{space.upper()} point x,y,z in mm"
@@ -288,7 +291,7 @@ def segment_command(args) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device,
-                       options=_model_options(args.model_option))
+                       options=_model_options(args.model_option), precision=args.precision)
     bar = _progress_bar(args.quiet)
     try:
         session = InteractiveSession(model, progress=bar.update_to if bar else None)
@@ -303,7 +306,7 @@ def segment_command(args) -> int:
         first = ordered[0][1] if ordered else (np.add(*box) / 2 if box is not None else _centre(mask))
         from .overlay import render_overlay
 
-        image = render_overlay(volume, mask, first, ordered)
+        image = render_overlay(volume, mask, first, ordered, box=box, name=_segment_name(output, args.name))
     _save_mask(volume, mask, output, args.name)
     if image is not None:
         from .overlay import save_png
@@ -350,8 +353,16 @@ def _save_mask(volume, mask: np.ndarray, output: Path, name: str | None) -> None
         return
     from .automatic import save_label_map
 
-    segment = name if name is not None else output.name[: -len(".seg.nrrd")]
-    save_label_map(volume, mask.astype(np.uint8), (segment,), output)
+    save_label_map(volume, mask.astype(np.uint8), (_segment_name(output, name),), output)
+
+
+def _segment_name(output: Path, name: str | None) -> str:
+    """--name, else the output's name without its suffix (liver.seg.nrrd -> liver)."""
+    if name is not None:
+        return name.strip()
+    lowered = output.name.lower()
+    suffix = max((s for s in OUTPUT_SUFFIXES if lowered.endswith(s)), key=len, default="")
+    return output.name[: len(output.name) - len(suffix)] or "mask"
 
 
 def _centre(mask: np.ndarray):

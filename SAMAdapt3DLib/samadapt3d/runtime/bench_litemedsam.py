@@ -3,7 +3,8 @@ clinical-size session (the demo CT resampled to 512x512xN).
 
 Encoder candidates are timed interleaved (one pass of each per round), so a loaded machine slows all of them
 alike; the figure is the median per slice. Each candidate's embedding is compared with exact PyTorch fp32.
-Speed is a benchmark figure, never a test.
+CPU time per slice (all threads) divided by the thread count estimates the wall time on an otherwise idle
+machine. Speed is a benchmark figure, never a test.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def bench_encoders(args) -> list[tuple[str, str]]:
         runners = _candidates(model, device, args.candidates.split(","), Path(tmp))
         setup = time.perf_counter() - start
         times: dict[str, list[float]] = {name: [] for name in runners}
+        cpu: dict[str, list[float]] = {name: [] for name in runners}
         outputs: dict[str, list[torch.Tensor]] = {name: [] for name in runners}
         with torch.inference_mode():
             for run in runners.values():  # warm-up (allocations, kernels, compilation)
@@ -67,17 +69,51 @@ def bench_encoders(args) -> list[tuple[str, str]]:
                 for x_index, x in enumerate(inputs):
                     for name, run in runners.items():
                         _sync(device)
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         y = run(x)
                         _sync(device)
                         times[name].append(time.perf_counter() - t0)
+                        cpu[name].append(time.process_time() - c0)
                         if len(outputs[name]) < len(inputs):
                             outputs[name].append(y.float().cpu())
     rows = [("machine", _machine(device)), ("setup (exports, compiles)", f"{setup:.1f} s")]
     for name in runners:
         err = max(float((a - b).abs().max()) for a, b in zip(outputs[name], outputs["torch-fp32"]))
         rows.append((name, f"{statistics.median(times[name]):.3f} s/slice median of {len(times[name])} "
-                           f"(min {min(times[name]):.3f}); max |diff| to torch-fp32 {err:.2e}"))
+                           f"(min {min(times[name]):.3f}), CPU {statistics.median(cpu[name]):.3f} s/slice; "
+                           f"max |diff| to torch-fp32 {err:.2e}"))
+    return rows
+
+
+def bench_parity(args) -> list[tuple[str, str]]:
+    """The demo's click for every structure of the real CT, run with exact fp32 and with each other precision;
+    Dice of each mask to the fp32 mask (and to the labels)."""
+    from ..demo import DEMO_CLICKS, dice, load_demo_case
+    from ..models import load_model
+    from ..session import InteractiveSession
+
+    device = resolve_device(args.device)
+    volume, truth = load_demo_case()
+    model = load_model("litemedsam", device=device, precision="fp32")
+    masks: dict[str, dict[str, np.ndarray]] = {}
+    rows = [("machine", _machine(device))]
+    for precision in ["fp32"] + [p for p in args.precisions.split(",") if p != "fp32"]:
+        model.set_precision(precision)
+        session = InteractiveSession(model)
+        session.engine.embeddings._disk = None  # every precision embeds (and is timed) from scratch
+        session.set_image(volume)
+        start = time.perf_counter()
+        masks[precision] = {}
+        for name, ijk in DEMO_CLICKS.items():
+            session.reset()
+            masks[precision][name] = np.asarray(session.add_point(ijk, positive=True, space="ijk")) > 0
+        elapsed = time.perf_counter() - start
+        parts = []
+        for name in DEMO_CLICKS:
+            ref = dice(masks[precision][name], masks["fp32"][name])
+            parts.append(f"{name} {ref:.3f} (labels {dice(masks[precision][name], truth[name]):.3f})")
+        rows.append((f"{precision} = {model.backend()}", f"{elapsed:.0f} s for {len(DEMO_CLICKS)} clicks; Dice to fp32: "
+                     + "; ".join(parts)))
     return rows
 
 
@@ -100,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (each times every candidate on every slice)")
     parser.add_argument("--candidates", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16",
                         help="comma-separated: torch-fp32, torch-bf16, torch-compile, openvino-fp32, openvino-bf16")
+    parser.add_argument("--parity", action="store_true",
+                        help="instead: every demo structure's click with fp32 and --precisions, Dice to fp32")
+    parser.add_argument("--precisions", default="auto,bf16", help="with --parity: precisions compared to fp32")
     args = parser.parse_args(argv)
-    rows = bench_encoders(args)
+    rows = bench_parity(args) if args.parity else bench_encoders(args)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
