@@ -86,11 +86,10 @@ class ServerControl:
         client = self.client()
         info = client.info()
         where = "local server" if self.settings.mode == LOCAL else f"remote server {client.url}"
-        device = info.get("device")
-        if isinstance(device, dict):
-            device = device.get("name") or device.get("type") or device
+        device = info.get("device") if isinstance(info.get("device"), dict) else {}
         return (f"Connected to the {where}: samadapt3d {info.get('version', '?')}, Python {info.get('python', '?')}, "
-                f"device {device}.")
+                f"device {device.get('resolved', '?')} (PyTorch {device.get('torch', '?')}, CUDA available: "
+                f"{device.get('cuda_available', '?')}).")
 
     def stop(self) -> None:
         with self._lock:
