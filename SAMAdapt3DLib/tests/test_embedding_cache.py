@@ -240,3 +240,21 @@ def test_engine_default_store_is_the_user_cache_folder(tmp_path, monkeypatch):
     off.set_image(_volume(3, seed=5))
     off.warm_up(axis=0)
     assert off.stats["embedded"] == 3 and len(list((tmp_path / "embeddings").rglob("*.emb"))) == 3
+
+
+def test_get_many_embeds_missing_slices_in_one_batch(tmp_path):
+    vol = _volume(6, seed=6)
+    single = SliceEmbeddingCache(Tiny(exact=False))
+    single.set_image(vol)
+    expected = [single.get(0, k).embedding for k in range(6)]
+    model = Tiny(exact=False)
+    cache = SliceEmbeddingCache(model, disk=DiskEmbeddingStore(tmp_path))
+    cache.set_image(vol)
+    cache.get(0, 1)
+    got = cache.get_many(0, [0, 1, 2, 3])
+    assert [tuple(c) for c in model.calls] == [(1, 3, 16, 16), (3, 3, 16, 16)]  # slice 1 was cached
+    assert all(torch.equal(g.embedding, e) for g, e in zip(got, expected[:4]))
+    again = SliceEmbeddingCache(Tiny(exact=False), disk=DiskEmbeddingStore(tmp_path))
+    again.set_image(vol)
+    again.get_many(0, [0, 1, 2, 3, 4])
+    assert again.stats["disk_hits"] == 4 and again.stats["embedded"] == 1

@@ -37,6 +37,8 @@ DEFAULT_DISK_BYTES = 2 << 30
 #: compact storage type of non-exact embeddings (more mantissa than bfloat16; LiteMedSAM's neck output is
 #: LayerNorm-ed, well inside the float16 range)
 COMPACT_DTYPE = torch.float16
+#: slices per encoder call in the background prefetch on a GPU (on a CPU one: a click waits for one slice at most)
+PREFETCH_BATCH_GPU = 16
 _DISK_MAGIC = b"SA3DEMB1"
 
 
@@ -223,17 +225,20 @@ class SliceEmbeddingCache:
             if slice2d is None:
                 slice2d = np.ascontiguousarray(np.take(image, index, axis=axis))
             data = self._load_or_embed(axis, index, key, slice2d)
-            self._memory[key] = data
-            self._used += data.nbytes
-            while self._used > self.memory_bytes and len(self._memory) > 1:
-                _, old = self._memory.popitem(last=False)
-                self._used -= old.nbytes
+            self._remember(key, data)
             return data
+
+    def _remember(self, key: tuple, data: SliceData) -> None:
+        self._memory[key] = data
+        self._used += data.nbytes
+        while self._used > self.memory_bytes and len(self._memory) > 1:
+            _, old = self._memory.popitem(last=False)
+            self._used -= old.nbytes
 
     def content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
         """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
         neighbours (`slice_context`, 3D adapters) the neighbours too, in order."""
-        context = int(getattr(self.model, "slice_context", 0) or 0) if self._embeds_in_volume() else 0
+        context = int(getattr(self.model, "slice_context", 0) or 0)
         digest = hashlib.blake2b(digest_size=16)
         lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
         for k in range(lo, hi + 1):
@@ -242,7 +247,8 @@ class SliceEmbeddingCache:
         return (slice2d.shape, index - lo, hi - lo, digest.digest())
 
     def _embeds_in_volume(self) -> bool:
-        return callable(getattr(self.model, "embed_in_volume", None))  # 3D adapters need the neighbours
+        """A model that embeds a slice with its neighbours (3D adapters: `slice_context` > 0)."""
+        return int(getattr(self.model, "slice_context", 0) or 0) > 0
 
     def _identity(self) -> str | None:
         if not isinstance(self.model, EncoderRuntime) or self.disk is None:
@@ -264,23 +270,62 @@ class SliceEmbeddingCache:
         packed = self.disk.get(disk_key) if disk_key is not None else None
         if packed is not None:
             self.stats["disk_hits"] += 1
-            packed = packed.to(model.device)
-        else:
-            with torch.no_grad():
-                if self._embeds_in_volume():
-                    embedding = model.embed_in_volume(self.image, axis, index).detach()
-                else:
-                    embedding = model.embed(tensor[None]).detach()
-            packed = embedding.to(COMPACT_DTYPE) if self._compact() else embedding.float()
-            self.stats["embedded"] += 1
-            if disk_key is not None:
-                self.disk.put(disk_key, packed)
-        if hasattr(model, "normalize_slice"):
-            image01 = model.normalize_slice(slice2d)
-        else:
-            lo, hi = float(slice2d.min()), float(slice2d.max())
-            image01 = (slice2d - lo) / max(hi - lo, 1e-8)
-        return SliceData(packed, transform, np.asarray(image01, np.float32))
+            return SliceData(packed.to(model.device), transform, self._image01(slice2d))
+        with torch.no_grad():
+            if self._embeds_in_volume():
+                embedding = model.embed_in_volume(self.image, axis, index).detach()
+            else:
+                embedding = model.embed(tensor[None]).detach()
+        data = self._pack(embedding, transform, slice2d)
+        self.stats["embedded"] += 1
+        if disk_key is not None:
+            self.disk.put(disk_key, data.packed)
+        return data
+
+    def _pack(self, embedding: torch.Tensor, transform: object, slice2d: np.ndarray) -> SliceData:
+        packed = embedding.to(COMPACT_DTYPE) if self._compact() else embedding.float()
+        return SliceData(packed.contiguous(), transform, self._image01(slice2d))
+
+    def _image01(self, slice2d: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.normalize_slice(slice2d), np.float32)
+
+    def get_many(self, axis: int, indices: list[int], cancel: threading.Event | None = None) -> list[SliceData]:
+        """Like `get` for several slices; the ones to embed go through the encoder as one batch (GPU
+        throughput). Models that embed with neighbours go one by one."""
+        if self._embeds_in_volume() or len(indices) <= 1:
+            return [self.get(axis, k, cancel) for k in indices]
+        with self._lock:
+            out: dict[int, SliceData] = {}
+            todo = []
+            for k in indices:
+                key = self._keys.get((axis, k))
+                if key is None:
+                    slice2d = np.ascontiguousarray(np.take(self.image, k, axis=axis))
+                    key = self._keys[(axis, k)] = self.content_key(axis, k, slice2d)
+                if key in self._memory:
+                    out[k] = self.get(axis, k, cancel)
+                    continue
+                identity = self._identity()
+                if identity is not None and self.disk.get(self._disk_key(identity, key)) is not None:
+                    out[k] = self.get(axis, k, cancel)  # on disk: read, not embedded
+                    continue
+                todo.append((k, key))
+            if todo:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError("segmentation cancelled")
+                slices = [np.ascontiguousarray(np.take(self.image, k, axis=axis)) for k, _ in todo]
+                prepared = [self.model.preprocess_slice(s2d) for s2d in slices]
+                with torch.no_grad():
+                    batch = self.model.embed(torch.stack([t for t, _ in prepared])).detach()
+                identity = self._identity()
+                for n, ((k, key), s2d) in enumerate(zip(todo, slices)):
+                    data = self._pack(batch[n:n + 1], prepared[n][1], s2d)
+                    self.stats["embedded"] += 1
+                    if identity is not None:
+                        self.disk.put(self._disk_key(identity, key), data.packed)
+                    self._remember(key, data)
+                    out[k] = data
+            return [out[k] for k in indices]
 
     def cached(self, axis: int, index: int) -> bool:
         with self._lock:
@@ -288,22 +333,24 @@ class SliceEmbeddingCache:
             return key is not None and key in self._memory
 
     # ---- background prefetch -------------------------------------------------------------------
-    def prefetch(self, axis: int, centre: int, on_done: Callable[[int], None] | None = None) -> threading.Event:
+    def prefetch(self, axis: int, centre: int, on_done: Callable[[int], None] | None = None,
+                 batch: int | None = None) -> threading.Event:
         """Embed every slice along `axis` in the background, outward from `centre` (centre, +1, -1, +2, ...),
         replacing any prefetch running. Returns its cancel event; `stop_prefetch` cancels and joins it."""
         self.stop_prefetch()
         cancel = threading.Event()
         count = self.image.shape[axis]
         order = list(outward_order(centre, count))
+        step = batch or (PREFETCH_BATCH_GPU if self.model.device.type == "cuda" else 1)
 
         def work() -> None:
             done = 0
             try:
-                for k in order:
+                for start in range(0, len(order), step):
                     if cancel.is_set():
                         return
-                    self.get(axis, k, cancel)
-                    done += 1
+                    self.get_many(axis, order[start:start + step], cancel)
+                    done += len(order[start:start + step])
             except CancelledError:
                 return
             if on_done is not None:
