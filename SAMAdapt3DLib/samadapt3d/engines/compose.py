@@ -7,7 +7,9 @@ Start from the seed (or nothing), then take the prompts in the order they were g
   negative clicks cut from it (`negative_cut`: ties go to the positives), is ADDED to the result: a positive
   never removes anything, and objects of separate clicks give their union;
 - a negative click: the part of the result it cuts (`negative_cut` with the positives so far) is REMOVED:
-  a negative never adds anything, and its own voxel leaves the result.
+  a negative never adds anything, and its own voxel leaves the result. With a network that understands
+  negatives (`refine`), the result is first intersected with what the network keeps given all clicks so far
+  (the positive clicks' own voxels stay).
 Two clicks on one voxel: the latest wins (a negative on a positive's voxel takes that positive back, so it no
 longer shields its object; a positive on a negative's voxel puts it back).
 Objects come from the engine's cache, so replaying the prompts after an undo decodes nothing; the state after
@@ -24,8 +26,11 @@ import numpy as np
 from .base import ModelPrompts
 from .prompts import click_voxel, label_components, negative_cut
 
-#: (index of the click among the positives so far, point (d, h, w)) -> foreground probability [D, H, W]
-ObjectOf = Callable[[np.ndarray], np.ndarray]
+#: (point (d, h, w), the clicks before it as (positive?, point)) -> foreground probability [D, H, W] of its object
+ObjectOf = Callable[[np.ndarray, list], np.ndarray]
+#: (the clicks so far, the latest a negative) -> probability of what a model that understands negatives keeps
+#: (None: negatives are emulated by cutting only)
+Refine = Callable[[list], np.ndarray]
 
 
 @dataclass
@@ -58,7 +63,7 @@ class ClickComposer:
 
     def compose(self, shape: tuple[int, int, int], prompts: ModelPrompts, seed: np.ndarray | None,
                 object_of: ObjectOf, box_object: Callable[[], np.ndarray] | None = None,
-                cancel_check: Callable[[], None] | None = None) -> np.ndarray:
+                cancel_check: Callable[[], None] | None = None, refine: Refine | None = None) -> np.ndarray:
         clicks = prompts.clicks()
         base_key = (_seed_key(seed), _box_key(prompts.box))
         keys = [base_key] + [base_key + tuple((pos, tuple(float(v) for v in p)) for pos, p in clicks[:n + 1])
@@ -79,13 +84,15 @@ class ClickComposer:
             if cancel_check is not None:
                 cancel_check()
             positive, point = clicks[n]
-            self._step(fold, positive, point, object_of)
+            self._step(fold, positive, point, lambda p: object_of(p, clicks[:n]),
+                       None if refine is None else lambda: refine(clicks[:n + 1]))
             fold.key = keys[n + 1]
         self._last = _Fold(fold.key, fold.probability.copy(), list(fold.positives), list(fold.negatives))
         return fold.probability
 
     @staticmethod
-    def _step(fold: _Fold, positive: bool, point: np.ndarray, object_of: ObjectOf) -> None:
+    def _step(fold: _Fold, positive: bool, point: np.ndarray, object_of: Callable[[np.ndarray], np.ndarray],
+              refine: Callable[[], np.ndarray] | None) -> None:
         prob = fold.probability
         voxel = click_voxel(point, prob.shape)
         if positive:
@@ -105,5 +112,9 @@ class ClickComposer:
         else:
             fold.positives = [v for v in fold.positives if v != voxel]  # a negative on a positive's voxel overrides it
             fold.negatives.append(voxel)
+            if refine is not None:  # a network that understands negatives: keep only what it still keeps
+                np.minimum(prob, np.asarray(refine(), np.float32), out=prob)
+                for v in fold.positives:
+                    prob[v] = 1.0  # they were in before: restoring them adds nothing
             mask = prob > 0.5
             prob[negative_cut(mask, voxel, fold.positives)] = 0.0

@@ -86,7 +86,7 @@ class CropEngine:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("segmentation cancelled")
 
-        def object_of(point: np.ndarray) -> np.ndarray:
+        def object_of(point: np.ndarray, earlier) -> np.ndarray:  # one click, one object: earlier clicks unused
             inside = box is not None and bool(np.all(np.asarray(click_voxel(point, shape)) >= box[0])
                                                and np.all(np.asarray(click_voxel(point, shape)) <= box[1]))
             return self.object_of(point, box if inside else None, progress, cancel)

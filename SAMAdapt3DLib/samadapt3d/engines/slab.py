@@ -18,7 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import CancelledError, InputError
+from collections import OrderedDict
+
 from .base import ModelPrompts, ProgressCallback
+from .compose import ClickComposer
+from .prompts import click_voxel
 
 
 def _check_volume(image: np.ndarray) -> np.ndarray:
@@ -157,19 +161,31 @@ def segment_volume_prompted(
 
 class SlabEngine:
     """`engines.base.Engine` for the slab families. Multi-class models ignore prompts and return the
-    probability of `target_class` (a name in `model.class_names`); prompted models use the prompts."""
+    probability of `target_class` (a name in `model.class_names`). Prompted models (Med-SA) obey the
+    interaction contract (docs/SESSION.md): clicks compose one by one (engines.compose); a positive click's
+    object is the model's answer to every click so far (it understands negatives: `model.prompt_kinds`), a
+    negative keeps what the model still keeps and cuts around its voxel. A box, which Med-SA cannot take, is
+    emulated as in the crop engine: the object of a click at its centre, and a bound on the objects of the
+    clicks inside it. Answers are cached per click list, so an undo replays without running the model."""
 
-    def __init__(self, model, target_class: str | None = None, stride: int = 1) -> None:
+    def __init__(self, model, target_class: str | None = None, stride: int = 1, cache_entries: int = 64) -> None:
         self.model = model
         self.target_class = target_class
         self.stride = stride
+        self.cache_entries = int(cache_entries)
         self._image: np.ndarray | None = None
         self._probs: np.ndarray | None = None
+        self._answers: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._composer = ClickComposer()
+        #: model runs (predict_volume_prompted calls) so far, for tests and benchmarks
+        self.model_runs = 0
 
     def set_image(self, image: np.ndarray, spacing=None) -> None:
         # spacing is unused: slab models slice along the model's D axis, fixed by their preset
         self._image = _check_volume(image)
         self._probs = None
+        self._answers.clear()
+        self._composer.reset()
 
     def class_probabilities(self, progress=None, cancel=None) -> np.ndarray:
         if self._image is None:
@@ -189,7 +205,64 @@ class SlabEngine:
             if self.target_class not in names:
                 raise InputError(f"unknown class {self.target_class!r}; this model has {', '.join(names)}")
             return probs[1 + names.index(self.target_class)]
-        return segment_volume_prompted(self.model, self._image, prompts, progress, cancel)
+        return self._run_prompted(prompts, seed, progress, cancel)
+
+    # ---- prompted slab models under the contract ----------------------------------------------
+    def _answer(self, clicks: list, box, progress, cancel) -> np.ndarray:
+        """The model's probability for these clicks ((positive?, point) list), bounded by `box` when given."""
+        key = (tuple((bool(ok), tuple(float(v) for v in p)) for ok, p in clicks),
+               None if box is None else tuple(int(v) for c in box for v in c))
+        hit = self._answers.get(key)
+        if hit is None:
+            pos = np.reshape([p for ok, p in clicks if ok], (-1, 3))
+            neg = np.reshape([p for ok, p in clicks if not ok], (-1, 3))
+            hit = segment_volume_prompted(self.model, self._image, ModelPrompts(pos, neg), progress, cancel)
+            self.model_runs += 1
+            if box is not None:
+                bounded = np.zeros_like(hit)
+                region = tuple(slice(int(a), int(b) + 1) for a, b in zip(*box))
+                bounded[region] = hit[region]
+                hit = bounded
+            self._answers[key] = hit
+            while len(self._answers) > self.cache_entries:
+                self._answers.popitem(last=False)
+        self._answers.move_to_end(key)
+        return hit
+
+    def _run_prompted(self, prompts: ModelPrompts, seed, progress, cancel) -> np.ndarray:
+        image = self._image
+        shape = image.shape
+        for name, pts in (("positive", prompts.positive), ("negative", prompts.negative)):
+            if len(pts) and ((pts < -0.5).any() or (pts > np.array(shape) - 0.5).any()):
+                raise InputError(f"a {name} click lies outside the image {shape}")
+        box = None
+        if prompts.box is not None:
+            box = tuple(np.asarray(click_voxel(c, shape)) for c in prompts.box)
+
+        def in_box(point) -> bool:
+            v = np.asarray(click_voxel(point, shape))
+            return box is not None and bool(np.all(v >= box[0]) and np.all(v <= box[1]))
+
+        def object_of(point, earlier) -> np.ndarray:
+            return self._answer(list(earlier) + [(True, point)], box if in_box(point) else None, progress, cancel)
+
+        def refine(clicks) -> np.ndarray:
+            if not any(ok for ok, _ in clicks):
+                return np.ones(shape, np.float32)  # the model needs a positive click: only the cut applies
+            return self._answer(clicks, None, progress, cancel)
+
+        box_object = None
+        if box is not None:
+            centre = (box[0] + box[1]) / 2.0
+            box_object = lambda: self._answer([(True, centre)], box, progress, cancel)  # noqa: E731
+
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("segmentation cancelled")
+
+        native = "negative" in self.model.prompt_kinds
+        return self._composer.compose(shape, prompts, None if seed is None else np.asarray(seed, bool), object_of,
+                                      box_object, check, refine if native else None)
 
 
 ProgressFn = Callable[[int, int], None]
