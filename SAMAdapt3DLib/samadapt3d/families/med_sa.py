@@ -1,22 +1,25 @@
-"""Med-SA (Wu et al. 2023, "Medical SAM Adapter", github.com/MedicineToken/Medical-SAM-Adapter).
+"""Med-SA (Wu et al. 2023, "Medical SAM Adapter", github.com/SuperMedIntel/Medical-SAM-Adapter).
 
 Re-implemented from the paper and by reading the public code (GPL-3.0; nothing copied):
 - adapter = Linear(D -> D/4) -> GELU -> Linear(D/4 -> D) (`D_fc1`, `D_fc2`);
 - each block: Space adapter after attention (with its own skip: a + A(a)), MLP adapter parallel
   to the MLP (x + mlp(n2(x)) + 0.5 * A(n2(x))), Depth adapter on a depth branch that runs the same
-  frozen norm1 + attention across slices (the slice axis folded into a dh x dw grid, dh * dw =
-  slices, relative-position tables interpolated) and is added to the spatial branch;
+  frozen norm1 + attention across slices (`chunk` consecutive batch items folded into a dh x dw grid,
+  dh * dw = chunk, relative-position tables interpolated) and is added to the spatial branch;
 - published quirks reproduced for published weights: the depth rearrangement happens after the
-  window partition, so in windowed blocks it groups consecutive windows of the same slice and only
-  the global-attention blocks mix slices; the window partition comes before norm1 (padded tokens
-  are normalised); SAM's 64x64 position grid is resized bicubically at run time; no pixel
-  mean/std; one mask token (single-mask output), sigmoid;
-- prompts: one point per slice; the evaluation script passes (row, col) pixel indices of the
-  slice as SAM's (x, y) without rescaling to the model input (`point_convention="published"`).
+  window partition, so in windowed blocks it groups consecutive windows and only the global-attention
+  blocks mix slices; the window partition comes before norm1 (padded tokens are normalised); SAM's
+  64x64 position grid is resized bicubically at run time; one output mask (the first token), sigmoid;
+- two mask-decoder generations, told by the keys (`med_sa_versions`): segment-anything's (2023) and
+  the EfficientSAM-style residual two-way transformer (since e987d64, `sam.efficient_transformer`),
+  each with its own published pre/post-processing (bilinear slice resize; SAM pixel mean/std and
+  bilinear logits in the newest code), overridable;
+- prompts: the evaluation script passes (row, col) pixel indices of the slice as SAM's (x, y) without
+  rescaling to the model input (`point_convention="published"`).
 
-Checkpoint: `{"state_dict": full model state, "optimizer": ..., ...}`, adapter keys
-`image_encoder.blocks.N.{Space,MLP,Depth}_Adapter.D_fc{1,2}.*`, relative positions named
-`rel_pos_h/w` (older code) or `rel_h/w` (newer).
+Checkpoint: `{"state_dict": full model state, "optimizer": ..., ...}` as the published train.py saves it,
+adapter keys `image_encoder.blocks.N.{Space,MLP,Depth}_Adapter.D_fc{1,2}.*`, relative positions named
+`rel_pos_h/w` (older code) or `rel_h/w` (newer). docs/FAMILIES.md (Med-SA) lists the commits.
 """
 from __future__ import annotations
 
@@ -38,6 +41,10 @@ from ._sam2d_common import ENCODER, load_sam_base, size_name_from_state, sized, 
 from .base import SliceModel
 from .med_sa_versions import (DEFAULT_CHUNK, LAYOUT_KEYS, PROCESSING, SAM_LAYOUT, Processing, config_of,
                               decoder_layout, parse_chunk, processing_for)
+
+#: attention-matrix elements one piece of a block's batch may hold (2**28 float32 = 1 GiB): a 96-slice
+#: ViT-B stack at 1024 would otherwise need 77 GB for its global blocks' attention at once
+ATTENTION_BUDGET = 2**28
 
 #: 8-bit range the "sam255" normalisation scales [0, 1] slices to (the published 2D loaders' ToTensor * 255)
 PIXEL_SCALE_255 = 255.0
@@ -83,6 +90,15 @@ class MedSABlock(Block):
         #: consecutive batch items one depth sequence holds (published `-chunk`); None: the whole batch
         self.depth_group: int | None = 1
 
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        """attn(norm1(x)) for [n, h, w, c], in pieces of items so that one piece's attention matrices
+        stay under ATTENTION_BUDGET elements (each item attends within itself: same result)."""
+        tokens = x.shape[1] * x.shape[2]
+        per_piece = max(1, ATTENTION_BUDGET // (self.attn.num_heads * tokens * tokens))
+        if x.shape[0] <= per_piece:
+            return self.attn(self.norm1(x))
+        return torch.cat([self.attn(self.norm1(part)) for part in x.split(per_piece)])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         if self.window_size > 0:
@@ -97,9 +113,9 @@ class MedSABlock(Block):
                 raise InputError(f"Med-SA depth grid: {n} batch items do not split into groups of {d}")
             xd = x.reshape(n // d, d, hh, ww, c).permute(0, 2, 3, 1, 4).reshape(-1, d, c)
             dh, dw = depth_grid(d)
-            xd = self.Depth_Adapter(self.attn(self.norm1(xd).reshape(-1, dh, dw, c)))
+            xd = self.Depth_Adapter(self._attend(xd.reshape(-1, dh, dw, c)))
             xd = xd.reshape(n // d, hh * ww, d, c).permute(0, 2, 1, 3).reshape(n, hh, ww, c)
-        x = self.Space_Adapter(self.attn(self.norm1(x)))
+        x = self.Space_Adapter(self._attend(x))
         if xd is not None:
             x = x + xd
         if self.window_size > 0:
@@ -229,11 +245,10 @@ class MedSAModel(SliceModel):
             logits = F.interpolate(logits[:, :1], stack.shape[1:], mode="bilinear", align_corners=False)
         return torch.sigmoid(logits[:, 0])
 
-    def stack_size(self, depth: int, click_span: int) -> int:
-        """Slices per forward pass: `eval_chunk`, else `chunk`, else the whole volume; at most the volume."""
-        del click_span  # the published settings decide, not the clicks
-        size = self.eval_chunk or self.chunk or depth
-        return min(size, depth)
+    def stack_size(self, depth: int) -> int:
+        """Slices per forward pass: `eval_chunk`, else `chunk`, else the whole volume; at most the volume
+        (the published settings decide, not the clicks' span)."""
+        return min(self.eval_chunk or self.chunk or depth, depth)
 
     @torch.no_grad()
     def predict_volume_prompted(self, image: np.ndarray, positive: np.ndarray, negative: np.ndarray,
@@ -248,7 +263,7 @@ class MedSAModel(SliceModel):
         labels = np.array([1] * len(positive) + [0] * len(negative), dtype=np.int64)
         depth = image.shape[0]
         d_lo, d_hi = int(np.floor(clicks[:, 0].min() + 0.5)), int(np.floor(clicks[:, 0].max() + 0.5))
-        chunk = self.stack_size(depth, d_hi - d_lo + 1)
+        chunk = self.stack_size(depth)
         centre = (d_lo + d_hi) // 2
         first = int(np.clip(centre - chunk // 2, 0, depth - chunk))
         starts = list(range(first, d_hi + 1, chunk)) if d_hi >= first + chunk else [first]
