@@ -1,0 +1,123 @@
+"""What the process boundary costs per click: `python -m samadapt3d.server.overhead_bench [--shape K J I]`.
+
+A `samadapt3d serve` child (LocalServer) and an in-process InteractiveSession run the same cheap crop model
+("bench-threshold": every voxel of the clicked crop near the clicked intensity, no network) on the same synthetic
+volume (default 300 x 512 x 512 int16, balls of distinct intensities). The image is uploaded once; then each click
+is timed through the client and in process (each followed by an undo, so every click runs one prompt). The
+overhead per click is the median client time minus the median in-process time: encoding, HTTP over loopback,
+the changed-box delta on both sides and the client's copy of the mask. Numbers: docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from ..families.base import CropModel
+from ..models import FamilySpec
+from ..preprocess import Preset
+
+BENCH_PRESET = Preset("bench", spacing=None, orientation=None, normalization="none")
+BALL_RADIUS = 10
+CROP = (32, 32, 32)
+
+
+class ThresholdCropModel(CropModel):
+    """A model with (almost) no compute: p = sigmoid(8 (exp(-((I - I[click]) / 10)^2) - 0.5)) in the crop."""
+
+    family = "bench-threshold"
+
+    def __init__(self) -> None:
+        super().__init__(BENCH_PRESET)
+        self.crop_size = CROP
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def encode(self, crop: torch.Tensor) -> torch.Tensor:
+        return crop.float() * self.scale
+
+    def decode(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(features)
+        size = torch.tensor(features.shape[2:], device=features.device)
+        for b in range(features.shape[0]):
+            image = features[b, 0]
+            for point in points[b]:
+                idx = torch.minimum(torch.clamp(torch.floor(point + 0.5).long(), min=0), size - 1)
+                similarity = torch.exp(-(((image - image[idx[0], idx[1], idx[2]]) / 10.0) ** 2))
+                out[b, 0] = torch.maximum(out[b, 0], torch.sigmoid(8.0 * (similarity - 0.5)))
+        return out
+
+
+FAMILY = FamilySpec(name="bench-threshold", detect=lambda obj: False, load=lambda obj, **kw: None,
+                    builtin_names={"bench-threshold": lambda sam_checkpoint=None: ThresholdCropModel()},
+                    description="benchmark-only model without compute (overhead_bench)")
+
+
+def phantom(shape: tuple[int, int, int], count: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """int16 volume with `count` balls of distinct intensities; their centres as (i, j, k)."""
+    rng = np.random.default_rng(0)
+    array = np.zeros(shape, np.int16)
+    centres = []
+    r = BALL_RADIUS
+    k, j, i = np.ogrid[-r:r + 1, -r:r + 1, -r:r + 1]
+    ball = k * k + j * j + i * i <= r * r
+    for n in range(count):
+        c = [int(rng.integers(2 * r, s - 2 * r)) for s in shape]
+        box = tuple(slice(v - r, v + r + 1) for v in c)
+        array[box][ball] = 100 * (n + 1)
+        centres.append((c[2], c[1], c[0]))
+    return array, centres
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m samadapt3d.server.overhead_bench")
+    parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("K", "J", "I"))
+    parser.add_argument("--clicks", type=int, default=10)
+    args = parser.parse_args(argv)
+    from ..client import LocalServer
+    from ..session import InteractiveSession
+    from ..volume import Volume
+
+    array, centres = phantom(tuple(args.shape), args.clicks)
+    volume = Volume(array, (0.8, 0.8, 1.5))
+    print(f"volume {array.shape} {array.dtype} ({array.nbytes / 2**20:.0f} MiB), {args.clicks} clicks", flush=True)
+    local = InteractiveSession(ThresholdCropModel())
+    started = time.perf_counter()
+    local.set_image(volume)
+    print(f"in-process set_image: {time.perf_counter() - started:.2f} s", flush=True)
+    with LocalServer(device="cpu", extra_args=("--model-family", "samadapt3d.server.overhead_bench")) as server:
+        client = server.client
+        remote = client.open_session(client.load_model("bench-threshold", device="cpu"))
+        started = time.perf_counter()
+        image_id = client.upload_image(array)
+        upload = time.perf_counter() - started
+        started = time.perf_counter()
+        client.upload_image(array)
+        again = time.perf_counter() - started
+        started = time.perf_counter()
+        remote.set_image(volume)  # the image is there: geometry only, then the server's set_image
+        set_image = time.perf_counter() - started
+        print(f"upload {upload:.2f} s (id {image_id[:12]}), re-upload (hash + check) {again:.2f} s, "
+              f"remote set_image {set_image:.2f} s", flush=True)
+        times = {"client": [], "local": []}
+        for centre in centres:
+            for name, session in (("local", local), ("client", remote)):
+                started = time.perf_counter()
+                mask = session.add_point(centre)
+                times[name].append(time.perf_counter() - started)
+                session.undo()
+            if not np.array_equal(mask, local.add_point(centre)):
+                raise SystemExit("the client's mask differs from the in-process one")
+            local.undo()
+    med = {name: statistics.median(values) for name, values in times.items()}
+    print(f"per click: in-process median {med['local'] * 1000:.1f} ms, through the client {med['client'] * 1000:.1f} "
+          f"ms, overhead {1000 * (med['client'] - med['local']):.1f} ms "
+          f"(client min {min(times['client']) * 1000:.1f} / max {max(times['client']) * 1000:.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
