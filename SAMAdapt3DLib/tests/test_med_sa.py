@@ -31,15 +31,15 @@ WIDTH, BLOCKS, NATIVE_GRID = 48, 4, 8
 S = 48  # model input: grid 3 with window 4, so the window partition pads
 SAM_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 SAM_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-GRIDS = {2: (1, 2), 3: (1, 3), 4: (1, 4)}  # Med-SA's closest_numbers(d) for the depths used here
+GRIDS = {2: (1, 2), 3: (1, 3), 4: (1, 4), 8: (2, 4)}  # Med-SA's closest_numbers(d) for the depths used here
 SA, RESIDUAL = "segment-anything", "residual"
 
 
-def _published_state(sam_reference, layout: str) -> dict:
-    """A full Med-SA state dict in the layout `layout` writes, random weights."""
+def _published_state(sam_reference, layout: str, side: int = S) -> dict:
+    """A full Med-SA state dict in the layout `layout` writes for a `side`² input, random weights."""
     torch.manual_seed(3 if layout == SA else 4)
-    enc = sam_reference.encoder(SIZE, S)
-    prompt, decoder = sam_reference.prompt_and_decoder(SIZE, S, 3)  # published: 4 mask tokens
+    enc = sam_reference.encoder(SIZE, side)
+    prompt, decoder = sam_reference.prompt_and_decoder(SIZE, side, 3)  # published: 4 mask tokens
     state = {f"image_encoder.{k}": v for k, v in enc.state_dict().items()}
     state["image_encoder.pos_embed"] = torch.zeros(1, NATIVE_GRID, NATIVE_GRID, WIDTH)  # SAM's grid, resized at run time
     for i in range(BLOCKS):
@@ -120,24 +120,23 @@ class ResidualTwoWay(torch.nn.Module):
         return queries, keys
 
 
-def _reference(sam_reference, state: dict, layout: str, chunk: int, pixel_norm: bool, upsample: str):
+def _reference(sam_reference, state: dict, layout: str, chunk: int | None, pixel_norm: bool, upsample: str,
+               side: int = S):
     """run(stack [d, H, W] in [0, 1], coords [d, N, 2] (row, col) used as SAM's (x, y), labels [d, N]) -> prob."""
     modeling = sam_reference.modeling
     state = {k.replace(".attn.rel_h", ".attn.rel_pos_h").replace(".attn.rel_w", ".attn.rel_pos_w"): v
              for k, v in state.items()}
-    enc = sam_reference.encoder(SIZE, S)
+    enc = sam_reference.encoder(SIZE, side)
     enc_state = {k[14:]: v for k, v in state.items() if k.startswith("image_encoder.") and "_Adapter" not in k}
     pos = enc_state.pop("pos_embed")
     enc.load_state_dict({**enc_state, "pos_embed": enc.pos_embed}, strict=True)
-    grid = S // 16
+    grid = side // 16
     pos = F.interpolate(pos.permute(0, 3, 1, 2), (grid, grid), mode="bicubic", align_corners=False).permute(0, 2, 3, 1)
     wp, wu = modeling.image_encoder.window_partition, modeling.image_encoder.window_unpartition
 
     def adapter(x, i, name):
         p = lambda n: state[f"image_encoder.blocks.{i}.{name}_Adapter.{n}"]  # noqa: E731
         return F.gelu(x @ p("D_fc1.weight").T + p("D_fc1.bias")) @ p("D_fc2.weight").T + p("D_fc2.bias")
-
-    dh, dw = GRIDS[chunk]
 
     def encode(x):
         x = enc.patch_embed(x) + pos
@@ -147,13 +146,15 @@ def _reference(sam_reference, state: dict, layout: str, chunk: int, pixel_norm: 
                 h, w = x.shape[1:3]
                 x, pad = wp(x, blk.window_size)
             n, hh, ww, c = x.shape
+            group = chunk or n  # published without -chunk: the whole batch (all windows of all slices)
+            dh, dw = GRIDS[group]
             xd = torch.zeros_like(x)
-            for g in range(n // chunk):
+            for g in range(n // group):
                 for r in range(hh):
                     for q in range(ww):
-                        seq = blk.norm1(x[g * chunk:(g + 1) * chunk, r, q])  # [chunk, c]
-                        xd[g * chunk:(g + 1) * chunk, r, q] = adapter(
-                            blk.attn(seq.reshape(1, dh, dw, c)), i, "Depth").reshape(chunk, c)
+                        seq = blk.norm1(x[g * group:(g + 1) * group, r, q])  # [group, c]
+                        xd[g * group:(g + 1) * group, r, q] = adapter(
+                            blk.attn(seq.reshape(1, dh, dw, c)), i, "Depth").reshape(group, c)
             a = blk.attn(blk.norm1(x))
             x = a + adapter(a, i, "Space") + xd
             if blk.window_size > 0:
@@ -164,9 +165,9 @@ def _reference(sam_reference, state: dict, layout: str, chunk: int, pixel_norm: 
         return enc.neck(x.permute(0, 3, 1, 2))
 
     if layout == SA:
-        prompt, decoder = sam_reference.prompt_and_decoder(SIZE, S, 3, state)
+        prompt, decoder = sam_reference.prompt_and_decoder(SIZE, side, 3, state)
     else:
-        prompt, _ = sam_reference.prompt_and_decoder(SIZE, S, 3)
+        prompt, _ = sam_reference.prompt_and_decoder(SIZE, side, 3)
         prompt.load_state_dict({k[15:]: v for k, v in state.items() if k.startswith("prompt_encoder.")})
         decoder = modeling.MaskDecoder(num_multimask_outputs=3, transformer=ResidualTwoWay(state), transformer_dim=32,
                                        iou_head_depth=3, iou_head_hidden_dim=32)
@@ -175,7 +176,7 @@ def _reference(sam_reference, state: dict, layout: str, chunk: int, pixel_norm: 
 
     def run(stack, coords, labels):
         x = torch.as_tensor(stack)[:, None].repeat(1, 3, 1, 1)
-        x = F.interpolate(x, (S, S), mode="bilinear", align_corners=False)  # torchvision 0.13 Resize on a tensor
+        x = F.interpolate(x, (side, side), mode="bilinear", align_corners=False)  # torchvision 0.13 Resize on a tensor
         if pixel_norm:
             x = (x - SAM_MEAN) / SAM_STD  # net.preprocess on the [0, 1] slices of the 3D path
         with torch.no_grad():
@@ -242,6 +243,19 @@ def test_same_output_as_published_algorithm(published, sam_reference, layout, sl
     assert not torch.equal(changed[1], ours[1])  # (slightly: SAM's pixel std flattens [0, 1] slices)
     if chunk < slices:
         torch.testing.assert_close(changed[chunk:], ours[chunk:], atol=0, rtol=0)
+
+
+def test_no_chunk_groups_every_window_of_the_stack(sam_reference):
+    """chunk=None (published without -chunk): each block's whole batch is one depth sequence, so in windowed
+    blocks all windows of all slices (80² input: grid 5, window 4 -> 4 windows per slice, 8 in a 2-slice
+    stack, folded 2 x 4)."""
+    state = _published_state(sam_reference, SA, side=80)
+    model = med_sa.load({"state_dict": state}, chunk="none")
+    assert model.chunk is None and model.image_size == 80
+    stack, rows_cols, labels = _stack(2, side=60)
+    expected = _reference(sam_reference, state, SA, None, False, "bilinear", side=80)(
+        torch.from_numpy(stack), torch.from_numpy(rows_cols), torch.from_numpy(labels))
+    torch.testing.assert_close(model.predict_stack(stack, rows_cols, labels), expected, atol=1e-4, rtol=0)
 
 
 def test_attention_in_pieces_gives_the_same_stack(published, monkeypatch):

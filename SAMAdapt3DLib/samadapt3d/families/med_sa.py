@@ -207,16 +207,17 @@ class MedSAModel(SliceModel):
             image = (image.to(self.pixel_mean.device) * scale - self.pixel_mean) / self.pixel_std
         return image.contiguous(), tuple(np.shape(slice2d))
 
-    def depth_group_for(self, slices: int) -> int:
+    def depth_group_for(self, slices: int) -> int | None:
         """The depth grid of a stack: `chunk` where it divides the stack, else the whole stack (a volume
-        thinner than the training chunk; the published evaluation skips such a volume)."""
-        if self.chunk is not None and slices % self.chunk == 0:
-            return self.chunk
-        return slices
+        thinner than the training chunk; the published evaluation skips such a volume); None without a
+        chunk: every block's whole batch, all windows of all slices in windowed blocks, as published."""
+        if self.chunk is None:
+            return None
+        return self.chunk if slices % self.chunk == 0 else slices
 
-    def embed(self, images: torch.Tensor, depth_group: int | None = None) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Inputs [d, 3, S, S] of d consecutive slices (one stack)."""
-        return self.image_encoder.forward_slices(images, depth_group or self.depth_group_for(images.shape[0]))
+        return self.image_encoder.forward_slices(images, self.depth_group_for(images.shape[0]))
 
     def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
@@ -235,7 +236,7 @@ class MedSAModel(SliceModel):
         -> foreground probability [d, H, W]."""
         stack = np.asarray(stack, dtype=np.float32)
         images = torch.stack([self.preprocess_slice(s)[0] for s in stack]).to(self.device)
-        emb = self.embed(images, self.depth_group_for(stack.shape[0]))
+        emb = self.embed(images)
         coords = np.stack([self.to_model_points(p, stack.shape[1:]) for p in points])
         pts = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, dtype=torch.int, device=self.device))
         logits, _ = self.decode(emb, points=pts)
