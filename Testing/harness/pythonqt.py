@@ -152,11 +152,19 @@ class QUiLoader(PythonQtMixin, QtUiTools.QUiLoader):
 
     _pythonqt_class_name = "QUiLoader"
 
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.missing: list[str] = []  # Slicer / CTK classes the harness has no stand-in for
+
     def createWidget(self, class_name, parent=None, name=""):
         try:
             cls = lookup(class_name)
         except AttributeError:
-            return super().createWidget(class_name, parent, name)
+            if not class_name.startswith("Q"):  # qMRML*, qSlicer*, ctk*: a placeholder, reported by the caller
+                self.missing.append(class_name)
+                cls = wrap(QtWidgets.QWidget)
+            else:
+                return super().createWidget(class_name, parent, name)
         widget = cls(parent)
         widget.setObjectName(name)
         return widget

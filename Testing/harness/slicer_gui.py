@@ -115,6 +115,9 @@ def load_ui(path: str):
     widget = loader.load(buffer)
     if widget is None:
         raise RuntimeError(f"Could not load UI file: {path}: {loader.errorString()}")
+    if loader.missing:
+        raise RuntimeError(f"{path} uses {', '.join(sorted(set(loader.missing)))}, which the test harness has no "
+                           "stand-in for: add one to Testing/harness")
     for connection in [] if connections is None else connections.findall("connection"):
         sender = _find(widget, connection.findtext("sender"))
         receiver = _find(widget, connection.findtext("receiver"))
