@@ -76,7 +76,7 @@ def _commit() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..labels import read_labels
+    from ..labels import mask_on_grid, read_labels
     from ..models import load_model
     from ..session import InteractiveSession
     from ..training import distributed
@@ -101,12 +101,11 @@ def run(args: argparse.Namespace) -> int:
         for case in mine:
             volume = Volume.from_file(case.image)
             labels = read_labels(case.label)
-            if not labels.grid.same_geometry(volume):
-                raise InputError(f"case {case.name}: the label {case.label.name} does not lie on the image's grid")
             session.set_image(volume)
             spacing_kji = tuple(float(s) for s in volume.spacing[::-1])
             for segment in _wanted(labels.segments, classes):
-                truth = labels.layers[segment.layer].array == segment.label_value
+                # a label file on another grid (a Slicer .seg.nrrd keeps its own extent) is moved onto the image's
+                truth = mask_on_grid(labels.layers[segment.layer].array == segment.label_value, labels.grid, volume)
                 if not truth.any():
                     continue
                 result = run_object(session, truth, spacing_kji, object_rng(args.seed, case.name, segment.label_value),
