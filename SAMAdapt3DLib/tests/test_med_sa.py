@@ -264,7 +264,26 @@ def test_attention_in_pieces_gives_the_same_stack(published, monkeypatch):
     stack, rows_cols, labels = _stack(4)
     whole = model.predict_stack(stack, rows_cols, labels)
     monkeypatch.setattr(med_sa, "ATTENTION_BUDGET", 1)  # one item per piece
+    model.clear_stack_cache()
     torch.testing.assert_close(model.predict_stack(stack, rows_cols, labels), whole, atol=1e-6, rtol=0)
+
+
+def test_further_clicks_on_a_stack_only_decode(published, monkeypatch):
+    path, _ = published[SA]
+    model = load_model(path, options={"chunk": 2})
+    calls = []
+    encode = model.image_encoder.forward_slices
+    monkeypatch.setattr(model.image_encoder, "forward_slices", lambda *a: calls.append(1) or encode(*a))
+    stack, rows_cols, labels = _stack(2)
+    first = model.predict_stack(stack, rows_cols, labels)
+    moved = model.predict_stack(stack, rows_cols + 3, labels)
+    assert len(calls) == 1 and not torch.equal(first, moved)
+    other = stack.copy()
+    other[1, 0, 0] += 0.5
+    model.predict_stack(other, rows_cols, labels)
+    assert len(calls) == 2  # another stack is encoded
+    fresh = load_model(path, options={"chunk": 2}).predict_stack(stack, rows_cols + 3, labels)
+    torch.testing.assert_close(moved, fresh, atol=0, rtol=0)
 
 
 def test_processing_overrides_change_the_input(published):

@@ -23,6 +23,9 @@ adapter keys `image_encoder.blocks.N.{Space,MLP,Depth}_Adapter.D_fc{1,2}.*`, rel
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -45,6 +48,9 @@ from .med_sa_versions import (DEFAULT_CHUNK, LAYOUT_KEYS, PROCESSING, SAM_LAYOUT
 #: attention-matrix elements one piece of a block's batch may hold (2**28 float32 = 1 GiB): a 96-slice
 #: ViT-B stack at 1024 would otherwise need 77 GB for its global blocks' attention at once
 ATTENTION_BUDGET = 2**28
+
+#: encoder outputs of recent stacks kept for further clicks (a 96-slice ViT-B stack at 1024: 400 MB each)
+STACK_CACHE_ENTRIES = 2
 
 #: 8-bit range the "sam255" normalisation scales [0, 1] slices to (the published 2D loaders' ToTensor * 255)
 PIXEL_SCALE_255 = 255.0
@@ -189,6 +195,8 @@ class MedSAModel(SliceModel):
                                           num_multimask_outputs=num_multimask_outputs)
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(-1, 1, 1), persistent=False)
+        self._stack_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def preprocess_slice(self, slice2d):
         """A [0, 1] slice -> model input [3, S, S]: resized (torchvision Resize's bilinear, or the older
@@ -231,12 +239,35 @@ class MedSAModel(SliceModel):
         return np.stack([rc[:, 1] * self.image_size / slice_shape[1], rc[:, 0] * self.image_size / slice_shape[0]], 1)
 
     @torch.no_grad()
+    def stack_embedding(self, stack: np.ndarray) -> torch.Tensor:
+        """The encoder's output for a stack [d, H, W]; the last STACK_CACHE_ENTRIES stacks are kept, so
+        further clicks on the same slices only decode (prompts do not reach the encoder). Keyed by the
+        stack's bytes, the processing and the depth grid; call `clear_stack_cache` after changing weights."""
+        key = (hashlib.blake2b(stack.tobytes(), digest_size=16).digest(), stack.shape, self.processing,
+               self.depth_group_for(stack.shape[0]), self.device)
+        with self._cache_lock:
+            hit = self._stack_cache.get(key)
+            if hit is not None:
+                self._stack_cache.move_to_end(key)
+                return hit
+        images = torch.stack([self.preprocess_slice(s)[0] for s in stack]).to(self.device)
+        hit = self.embed(images)
+        with self._cache_lock:  # a session's worker thread and a caller may both run the model
+            self._stack_cache[key] = hit
+            while len(self._stack_cache) > STACK_CACHE_ENTRIES:
+                self._stack_cache.popitem(last=False)
+        return hit
+
+    def clear_stack_cache(self) -> None:
+        with self._cache_lock:
+            self._stack_cache.clear()
+
+    @torch.no_grad()
     def predict_stack(self, stack: np.ndarray, points: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         """d normalised slices [d, H, W] with per-slice points [d, N, 2] (row, col) and labels [d, N]
         -> foreground probability [d, H, W]."""
-        stack = np.asarray(stack, dtype=np.float32)
-        images = torch.stack([self.preprocess_slice(s)[0] for s in stack]).to(self.device)
-        emb = self.embed(images)
+        stack = np.ascontiguousarray(stack, dtype=np.float32)
+        emb = self.stack_embedding(stack)
         coords = np.stack([self.to_model_points(p, stack.shape[1:]) for p in points])
         pts = (torch.as_tensor(coords, device=self.device), torch.as_tensor(labels, dtype=torch.int, device=self.device))
         logits, _ = self.decode(emb, points=pts)
