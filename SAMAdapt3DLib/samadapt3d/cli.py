@@ -290,28 +290,32 @@ def segment_command(args) -> int:
     from .models import load_model
 
     device = resolve_device(args.device)
-    model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device,
-                       options=_model_options(args.model_option), precision=args.precision)
-    bar = _progress_bar(args.quiet)
+    progress = _progress(args.quiet)
     try:
-        session = InteractiveSession(model, progress=bar.update_to if bar else None)
+        progress.phase("loading the model")
+        model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device,
+                           options=_model_options(args.model_option), precision=args.precision)
+        progress(1.0, "model loaded")
+        progress.phase("segmenting")
+        session = InteractiveSession(model, progress=progress)
         session.set_image(volume)
         mask = session.segment(positive=positive, negative=negative, box=box, seed=seed)
+        progress.phase("writing")
+        image = None
+        if overlay is not None:
+            first = ordered[0][1] if ordered else (np.add(*box) / 2 if box is not None else _centre(mask))
+            from .overlay import render_overlay
+
+            image = render_overlay(volume, mask, first, ordered, box=box, name=_segment_name(output, args.name))
+        _save_mask(volume, mask, output, args.name)
+        progress(0.9 if image is not None else 1.0, f"wrote {output.name}")
+        if image is not None:
+            from .overlay import save_png
+
+            save_png(image, overlay)
+            progress(1.0, f"wrote {overlay.name}")
     finally:
-        if bar:
-            bar.close()
-
-    image = None
-    if overlay is not None:
-        first = ordered[0][1] if ordered else (np.add(*box) / 2 if box is not None else _centre(mask))
-        from .overlay import render_overlay
-
-        image = render_overlay(volume, mask, first, ordered, box=box, name=_segment_name(output, args.name))
-    _save_mask(volume, mask, output, args.name)
-    if image is not None:
-        from .overlay import save_png
-
-        save_png(image, overlay)
+        progress.close()
     if not args.quiet:
         voxels = int(mask.sum())
         ml = voxels * float(np.prod(volume.spacing)) / 1000.0
@@ -331,15 +335,19 @@ def auto_command(args) -> int:
         raise InputError(f"--stride must be at least 1, got {args.stride}")
     _check_not_an_input(output, [Path(args.image)])
     volume = _read_image(args.image, args.max_image_mb)
-    model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=resolve_device(args.device))
-    bar = _progress_bar(args.quiet)
+    device = resolve_device(args.device)
+    progress = _progress(args.quiet)
     try:
-        labels, names = segment_all_classes(model, volume, stride=args.stride,
-                                            progress=bar.update_to if bar else None)
+        progress.phase("loading the model")
+        model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device)
+        progress(1.0, "model loaded")
+        progress.phase("segmenting every class")
+        labels, names = segment_all_classes(model, volume, stride=args.stride, progress=progress)
+        progress.phase("writing")
+        save_label_map(volume, labels, names, output)
+        progress(1.0, f"wrote {output.name}")
     finally:
-        if bar:
-            bar.close()
-    save_label_map(volume, labels, names, output)
+        progress.close()
     if not args.quiet:
         counts = np.bincount(labels.reshape(-1), minlength=len(names) + 1)
         print(f"wrote {output}: " + ", ".join(f"{name} {int(counts[n + 1])} voxels" for n, name in enumerate(names)))
@@ -443,18 +451,27 @@ def _check_not_an_input(output: Path, inputs: list[Path]) -> None:
             raise InputError(f"output {output} is the input {source}: choose another output name")
 
 
-def _progress_bar(quiet: bool):
+class _Silent:
+    """--quiet: the progress interface, saying nothing."""
+
+    def phase(self, name: str) -> "_Silent":
+        return self
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(quiet: bool):
+    """A bar on stderr when it is a terminal (cleared before any error); else plain lines on stdout, so that stderr
+    holds only the one-line error (see samadapt3d.progress)."""
     if quiet:
-        return None
-    from tqdm import tqdm
+        return _Silent()
+    from .progress import Progress
 
-    class _Bar(tqdm):
-        def update_to(self, fraction: float, message: str) -> None:
-            self.set_description_str(message, refresh=False)
-            self.update(max(0.0, round(100.0 * fraction, 1) - self.n))
-
-    return _Bar(total=100, unit="%", leave=False, disable=None, file=sys.stderr,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+    return Progress(sys.stderr) if sys.stderr.isatty() else Progress(sys.stdout, tty=False)
 
 
 if __name__ == "__main__":

@@ -68,26 +68,30 @@ def load_demo_case():
     return volume, masks
 
 
-def write_overlay(volume, results: dict[str, np.ndarray], path: Path) -> None:
-    """Three axial slices side by side, CT in a wide window, each structure's mask tinted."""
-    from PIL import Image
+def overlay_layers(results: dict[str, np.ndarray], scores: dict[str, float]):
+    """One overlay layer per structure, in the demo's colours, labelled with its name and Dice."""
+    from .overlay import Layer
 
-    array = volume.array.astype(np.float32)
-    gray = (np.clip(array, -1024, 1024) + 1024) / 2048 * 255
-    depth = array.shape[0]
-    panels = []
-    for k in (depth // 4, depth // 2, (3 * depth) // 4):
-        rgb = np.repeat(gray[k][..., None], 3, axis=2)
-        for (name, mask), color in zip(results.items(), COLORS):
-            m = mask[k]
-            rgb[m] = 0.5 * rgb[m] + 0.5 * np.asarray(color, np.float32)
-        # LPS direction -1 in i and j: flip so that the image reads as a radiological axial view
-        img = Image.fromarray(rgb.astype(np.uint8)[::-1, ::-1] if volume.direction[0, 0] < 0 else rgb.astype(np.uint8))
-        panels.append(img.resize((256, 256), Image.NEAREST))
-    sheet = Image.new("RGB", (256 * len(panels), 256))
-    for n, panel in enumerate(panels):
-        sheet.paste(panel, (256 * n, 0))
-    sheet.save(path)
+    return [Layer(mask, COLORS[n % len(COLORS)],
+                  name if not np.isfinite(scores.get(name, float("nan"))) else f"{name}  Dice {scores[name]:.3f}")
+            for n, (name, mask) in enumerate(results.items())]
+
+
+def write_overlay(volume, results: dict[str, np.ndarray], path: Path, scores: dict[str, float] | None = None) -> None:
+    """Three axial slices through the clicks (radiological view, L/R and A/P marks, CT window), every structure's
+    mask tinted, every click drawn (on other slices where it projects), a legend with each structure's Dice."""
+    from .overlay import render_views, save_png
+
+    clicks = [DEMO_CLICKS[name] for name in results if name in DEMO_CLICKS]
+    ks = sorted(k for _, _, k in clicks) or [volume.array.shape[0] // 2]
+    picks = sorted({ks[len(ks) // 6], ks[len(ks) // 2], ks[(5 * len(ks)) // 6]})
+    layers = overlay_layers(results, scores or {})
+    # the oriented axial index of slice k: k itself unless the file's k axis points to the feet
+    flip = volume.direction[2, 2] < 0
+    views = [("axial", volume.array.shape[0] - 1 - k if flip else k) for k in picks]
+    image = render_views(volume, layers, clicks[0] if clicks else (0, 0, ks[0]),
+                         [("positive", ijk) for ijk in clicks], views=views, panel_size=300)
+    save_png(image, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,17 +103,24 @@ def main(argv: list[str] | None = None) -> int:
 
     from .errors import SAMAdapt3DError
     from .models import DEFAULT_MODEL, load_model
+    from .progress import Progress
     from .session import InteractiveSession
 
     out = Path(args.out)
     try:
         if out.exists() and not out.is_dir():
             raise SAMAdapt3DError(f"--out {out} is not a folder (a file of that name exists): choose another name")
+        unknown = sorted(set(args.only or ()) - set(DEMO_CLICKS))
+        if unknown:
+            raise SAMAdapt3DError(f"--only {', '.join(unknown)}: not a demo structure; choose from "
+                                  f"{', '.join(DEMO_CLICKS)}")
+        print("loading the CT and LiteMedSAM ...", flush=True)
         volume, truth = load_demo_case()
         t0 = time.perf_counter()
         model = load_model(DEFAULT_MODEL, device=args.device)
         load_s = time.perf_counter() - t0
-        session = InteractiveSession(model)
+        progress = Progress(sys.stderr) if sys.stderr.isatty() else Progress(sys.stdout, tty=False)
+        session = InteractiveSession(model, progress=progress)
         session.set_image(volume)
     except SAMAdapt3DError as exc:
         print(f"samadapt3d demo: error: {exc}", file=sys.stderr)
@@ -124,22 +135,24 @@ def main(argv: list[str] | None = None) -> int:
             continue
         session.reset()
         t = time.perf_counter()
-        mask = np.asarray(session.add_point(ijk, positive=True, space="ijk"))
+        progress.phase(name)
+        try:
+            mask = np.asarray(session.add_point(ijk, positive=True, space="ijk"))
+        finally:
+            progress.close()
         seconds = time.perf_counter() - t
         score = dice(mask, truth[name]) if name in truth else float("nan")
         results[name] = mask
         rows.append((name, score, seconds))
         print(f"{name:28s} {str(ijk):>15s} {score:6.3f} {seconds:8.1f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    import SimpleITK as sitk
-
     labelmap = np.zeros(volume.array.shape, np.uint8)
     for n, (name, mask) in enumerate(results.items(), start=1):
         labelmap[mask & (labelmap == 0)] = n
-        sitk.WriteImage(volume.to_sitk(mask.astype(np.uint8)), str(out / f"{name.replace(' ', '_')}.nii.gz"))
-    sitk.WriteImage(volume.to_sitk(labelmap), str(out / "labels.nii.gz"))
+        volume.save(out / f"{name.replace(' ', '_')}.nii.gz", mask.astype(np.uint8))
+    volume.save(out / "labels.nii.gz", labelmap)
     (out / "labels.txt").write_text("".join(f"{n} {name}\n" for n, name in enumerate(results, start=1)))
-    write_overlay(volume, results, out / "overlay.png")
+    write_overlay(volume, results, out / "overlay.png", {name: score for name, score, _ in rows})
     if rows:
         mean = np.mean([r[1] for r in rows])
         print(f"{'mean':28s} {'':>15s} {mean:6.3f} {np.mean([r[2] for r in rows]):8.1f}")
