@@ -133,3 +133,50 @@ def test_the_modules_model_choice_opens_a_new_session(slicer_gui, scene, in_proc
         effect_session.set_model_choice(effect_session.DEFAULT_MODEL)
     assert [opened[:2] for opened in in_process_sessions] == [("litemedsam", "auto"), ("my-model.safetensors", "cpu")]
     assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6  # the click ran on the new one
+
+
+def test_moving_and_deleting_prompts_restates_them(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))  # the cube
+    wait_for(slicer_gui, effect_idle(effect))
+    positive = effect.nodes["positive"]
+
+    # the user drags the point onto the slab (the markups widget moves it and ends the interaction)
+    positive.SetNthControlPointPositionWorld(0, *scenes.voxel_to_ras(volume, (6, 16, 15)))
+    positive.InvokeEvent(positive.PointEndInteractionEvent)
+    wait_for(slicer_gui, effect_idle(effect))
+    slab = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    slab[scenes.SLAB] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), slab)
+
+    positive.RemoveNthControlPoint(0)  # deleted: no prompt left, the segment returns to what it was (empty)
+    wait_for(slicer_gui, effect_idle(effect))
+    assert not scenes.segment_array(segmentation, ids[0], volume).any()
+    assert editor.undo_saves == 3  # every result is one undo step
+
+
+def test_a_click_outside_the_image_is_a_message_and_changes_nothing(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    xy = slice_through(view, volume, (6, 7, 7))
+    outside = view.ras_to_xy(scenes.voxel_to_ras(volume, (6, 7, -30)))  # 30 voxels beyond the first column
+    click(editor, view, outside)
+    wait_for(slicer_gui, effect_idle(effect))
+    assert "outside" in effect.lastStatus, effect.lastStatus
+    assert editor.modifications == [] and not scenes.segment_array(segmentation, ids[0], volume).any()
+    click(editor, view, xy)  # and the effect still works
+    wait_for(slicer_gui, effect_idle(effect))
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6
+
+
+def test_closing_the_scene_mid_update_writes_nothing(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))
+    scene.Clear(0)  # before the result is polled
+    wait_for(slicer_gui, effect_idle(effect))
+    assert editor.modifications == [] and effect._context is None and effect.nodes == {}
+    assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode") == 0
