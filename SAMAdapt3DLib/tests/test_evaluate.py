@@ -232,3 +232,53 @@ def test_evaluate_classes_filter_and_user_errors(tmp_path, registry, capsys):
         assert not target.exists()
     assert main(["evaluate", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
+
+
+# ---- --canonical: the same physical prompts whatever the stored axis order ------------------------------------
+class PhysicalSession:
+    """A stand-in session whose answers are defined in physical (LPS) space: the box gives the truth below a
+    plane, a click adds / removes a 5 mm ball around it. Records every prompt as an LPS point."""
+
+    def __init__(self, volume, truth):
+        self.volume, self.truth = volume, truth
+        k, j, i = np.indices(truth.shape)
+        self.lps = volume.index_to_physical(np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1), "lps").reshape(
+            truth.shape + (3,))
+        self.prompts = []
+
+    def reset(self):
+        self.mask = np.zeros(self.truth.shape, bool)
+
+    def set_box(self, a, b):
+        corners = np.sort(self.volume.index_to_physical(np.array([a, b], float), "lps").reshape(2, 3), axis=0)
+        self.prompts.append(("box", tuple(np.round(corners, 6).ravel())))
+        self.mask = self.truth & (self.lps[..., 2] < np.median(self.lps[self.truth][:, 2]))
+        return self.mask
+
+    def add_point(self, ijk, positive=True):
+        p = self.volume.index_to_physical(np.asarray(ijk, float), "lps").reshape(3)
+        self.prompts.append((positive, tuple(np.round(p, 6))))
+        ball = ((self.lps - p) ** 2).sum(axis=-1) <= 25.0
+        self.mask = self.mask | ball if positive else self.mask & ~ball
+        return self.mask
+
+
+def test_canonical_frame_gives_the_same_physical_prompts_for_a_reoriented_copy():
+    import SimpleITK as sitk
+
+    from samadapt3d.evaluate.protocol import PromptFrame, run_object
+
+    arr = np.zeros((12, 20, 16), np.float32)
+    arr[2:9, 4:15, 3:12] = 1
+    arr[5:9, 10:15, 3:6] = 0  # not a box: corrections are needed
+    a = Volume(arr, (1.5, 1.0, 2.0), (5, -3, 7), np.diag([1.0, -1.0, 1.0]))
+    b = Volume.from_sitk(sitk.DICOMOrient(a.to_sitk(), "SLA"))  # the same image, axes permuted and flipped
+    runs = []
+    for vol in (a, b):
+        truth = vol.array > 0.5
+        session = PhysicalSession(vol, truth)
+        result = run_object(session, truth, tuple(vol.spacing[::-1]), np.random.default_rng(0), clicks=3,
+                            frame=PromptFrame(vol, canonical=True))
+        runs.append((session.prompts, [round(s.dice, 9) for s in result.steps]))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == 4 and runs[0][1][0] < 1.0

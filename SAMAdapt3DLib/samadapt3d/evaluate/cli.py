@@ -1,7 +1,7 @@
 """`samadapt3d evaluate`: the CVPR 2025 interactive protocol (evaluate.protocol) over labelled volumes.
 
     samadapt3d evaluate --data cases.csv --out eval_out [--model litemedsam|FILE] [--classes a,b] \\
-        [--clicks 5] [--clicks-only] [--seed 0] [--device auto] [--quiet]
+        [--clicks 5] [--clicks-only] [--canonical] [--seed 0] [--device auto] [--quiet]
     torchrun --nproc-per-node 4 -m samadapt3d evaluate --data cases/ --out eval_out   # cases sharded
 
 The data are what `samadapt3d train` reads (a CSV with image,label columns or a folder; training.data); every
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, SAMAdapt3DError
-from .protocol import CORRECTIVE_CLICKS, Box, Click, ObjectResult, Step, run_object
+from .protocol import CORRECTIVE_CLICKS, Box, Click, ObjectResult, PromptFrame, Step, run_object
 from .report import Row, summarise, write_outputs
 
 
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=None, help="comma-separated segment names or label values (default: all)")
     p.add_argument("--clicks", type=int, default=CORRECTIVE_CLICKS, help="corrective clicks after the first step")
     p.add_argument("--clicks-only", action="store_true", help="step 0 is a click at the object's EDT maximum, no box")
+    p.add_argument("--canonical", action="store_true", help="prompts from the volume reoriented to LPS (axial "
+                   "slices on array axis 0), the same whatever axis order the file stores (default: as stored)")
     p.add_argument("--seed", type=int, default=0, help="seed of the box jitter and the click tie-breaks")
     p.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                 if not truth.any():
                     continue
                 result = run_object(session, truth, spacing_kji, object_rng(args.seed, case.name, segment.label_value),
-                                    clicks=args.clicks, clicks_only=args.clicks_only)
+                                    clicks=args.clicks, clicks_only=args.clicks_only,
+                                    frame=PromptFrame(volume, args.canonical))
                 rows.append(Row(case.name, segment.name, result, int(truth.sum())))
                 bar.set_postfix_str(f"{segment.name[:16]} Dice {result.final_dice:.3f}")
             bar.update(1)
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                              "label files" if classes else "the label files hold no labelled voxel"))
         config = {"model": args.model, "family": model.family, "data": str(args.data), "cases": len(cases),
                   "clicks": args.clicks, "clicks_only": bool(args.clicks_only), "seed": args.seed,
+                  "canonical": bool(args.canonical),
                   "device": str(info.device), "processes": info.world_size, "commit": _commit(),
                   "seconds": round(time.perf_counter() - started, 1)}
         summary = summarise(rows, config)

@@ -14,6 +14,9 @@ session in (i, j, k) index order.
   voxel; the padding is background, so the image edge counts as background); the click at its maximum, ties
   broken by the seeded generator; a foreground click where the truth is 1 there, else a background click.
   No error left: no click, the step repeats the previous result.
+- `--canonical`: all of this on the volume reoriented to LPS (array axis 0 = superior-inferior), so the prompts
+  do not depend on how the file stores its axes (`PromptFrame`); without it, on the array as stored (as the
+  challenge reads its .npz files).
 """
 from __future__ import annotations
 
@@ -145,15 +148,52 @@ def _ijk(kji) -> tuple[float, float, float]:
     return float(kji[2]), float(kji[1]), float(kji[0])
 
 
+class PromptFrame:
+    """The array the protocol reads: the stored one (identity), or the volume reoriented to LPS (array axis 0 is
+    then inferior -> superior: axial slices), so that a copy stored with permuted or flipped axes gets the same
+    physical prompts. Masks go forward into the frame; prompts come back as stored (i, j, k) indices."""
+
+    def __init__(self, volume, canonical: bool) -> None:
+        from ..preprocess import AxisMap
+
+        self.map = AxisMap.to_orientation(volume, "LPS") if canonical else AxisMap.identity(volume.size_ijk)
+        self.spacing_kji = tuple(float(volume.spacing[c]) for c in self.map.source)[::-1]
+
+    def forward(self, mask_kji: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.map.forward_array(mask_kji))
+
+    def stored_ijk(self, frame_kji) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.map.inverse_index(_ijk(frame_kji))[0])
+
+    def stored_kji(self, frame_kji) -> tuple[int, int, int]:
+        i, j, k = self.stored_ijk(frame_kji)
+        return int(round(k)), int(round(j)), int(round(i))
+
+
 def run_object(session, truth: np.ndarray, spacing_kji, rng: np.random.Generator,
-               clicks: int = CORRECTIVE_CLICKS, clicks_only: bool = False) -> ObjectResult:
-    """The protocol for one object on a session whose image is set (its prompts are reset first)."""
+               clicks: int = CORRECTIVE_CLICKS, clicks_only: bool = False,
+               frame: PromptFrame | None = None) -> ObjectResult:
+    """The protocol for one object on a session whose image is set (its prompts are reset first). `truth` is on the
+    volume's grid; the prompts are computed in `frame` (default: the stored array); recorded prompts are stored
+    [k, j, i] indices."""
+    if frame is not None:
+        truth, spacing_kji = frame.forward(np.asarray(truth, bool)), frame.spacing_kji
+        to_frame, back = frame.forward, frame.stored_ijk
+        stored_kji = frame.stored_kji
+    else:
+        to_frame, back = (lambda m: m), _ijk  # noqa: E731
+        stored_kji = lambda kji: tuple(int(v) for v in kji)  # noqa: E731
     truth = np.asarray(truth, bool)
     session.reset()
     result = ObjectResult()
 
     def record(prompt, mask, seconds):
         d = dice(mask, truth)
+        if isinstance(prompt, Box):
+            corners = np.array([stored_kji(prompt.lo_kji), stored_kji(prompt.hi_kji)])
+            prompt = Box(tuple(int(v) for v in corners.min(0)), tuple(int(v) for v in corners.max(0)))
+        elif isinstance(prompt, Click):
+            prompt = Click(stored_kji(prompt.kji), prompt.positive)
         result.steps.append(Step(prompt, d, scored_nsd(mask, truth, spacing_kji, d), seconds))
 
     first: Box | Click = first_click(truth, rng) if clicks_only else protocol_box(truth, rng)
@@ -161,9 +201,10 @@ def run_object(session, truth: np.ndarray, spacing_kji, rng: np.random.Generator
         first = first_click(truth, rng)  # a box must span two axes (session.box_to_index): a tiny object gets a click
     t0 = time.perf_counter()
     if isinstance(first, Box):
-        mask = session.set_box(_ijk(first.lo_kji), _ijk(first.hi_kji))
+        mask = session.set_box(back(first.lo_kji), back(first.hi_kji))
     else:
-        mask = session.add_point(_ijk(first.kji), positive=True)
+        mask = session.add_point(back(first.kji), positive=True)
+    mask = to_frame(mask)
     record(first, mask, time.perf_counter() - t0)
     for _ in range(clicks):
         click = corrective_click(mask, truth, rng)
@@ -171,6 +212,6 @@ def run_object(session, truth: np.ndarray, spacing_kji, rng: np.random.Generator
             record(None, mask, 0.0)
             continue
         t0 = time.perf_counter()
-        mask = session.add_point(_ijk(click.kji), positive=click.positive)
+        mask = to_frame(session.add_point(back(click.kji), positive=click.positive))
         record(click, mask, time.perf_counter() - t0)
     return result
