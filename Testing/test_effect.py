@@ -180,3 +180,54 @@ def test_closing_the_scene_mid_update_writes_nothing(slicer_gui, scene, in_proce
     wait_for(slicer_gui, effect_idle(effect))
     assert editor.modifications == [] and effect._context is None and effect.nodes == {}
     assert scene.GetNumberOfNodesByClass("vtkMRMLMarkupsNode") == 0
+
+
+def test_a_segment_with_voxels_is_refined(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    before = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    before[0:2, 0:3, 0:3] = True  # a corner of the background, drawn earlier by the user
+    scenes.set_segment(segmentation, ids[0], before, volume)
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    click(editor, view, slice_through(view, volume, (6, 16, 15)))  # the slab
+    wait_for(slicer_gui, effect_idle(effect))
+    slab = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    slab[scenes.SLAB] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), before | slab)  # added to it
+
+
+def own_grid_voxels(segmentation, segment_id) -> set:
+    """A segment's voxels on its own (internal) grid, as absolute (i, j, k) indices of that grid."""
+    import slicer
+
+    from SAMAdapt3DSlicerLib.effect_prompts import image_array
+
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    rep = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    extent = rep.GetExtent()
+    k, j, i = np.nonzero(image_array(rep) == segment.GetLabelValue())
+    return set(zip((i + extent[0]).tolist(), (j + extent[2]).tolist(), (k + extent[4]).tolist()))
+
+
+def test_other_segments_on_a_finer_grid_are_left_voxel_for_voxel(slicer_gui, scene, in_process_sessions):
+    """The segmentation's grid is twice as fine as the volume's; a 1-voxel sheet of another segment inside the
+    cube must survive (overlap allowed), compared on its own grid."""
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene, names=("new", "sheet"))
+    fine = scenes.add_volume(scene, np.zeros(tuple(2 * s for s in scenes.SHAPE_KJI)), spacing=(0.5, 0.5, 0.5),
+                             origin=(-0.25, -0.25, -0.25), name="fine grid")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(fine)
+    sheet = np.zeros(tuple(2 * s for s in scenes.SHAPE_KJI), dtype=bool)
+    sheet[12, 8:20, 8:20] = True  # one fine voxel thick, inside the cube
+    scenes.set_segment(segmentation, ids[1], sheet, fine)
+    before = own_grid_voxels(segmentation, ids[1])
+    assert len(before) == 144
+    editor.set_source_volume(volume)  # re-aligns the source to the (fine) reference geometry
+    editor.node.SetOverwriteMode(editor.node.OverwriteNone)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))
+    wait_for(slicer_gui, effect_idle(effect))
+    written = scenes.segment_array(segmentation, ids[0], volume)
+    cube = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    cube[scenes.CUBE] = True
+    assert np.array_equal(written, cube)
+    assert own_grid_voxels(segmentation, ids[1]) == before

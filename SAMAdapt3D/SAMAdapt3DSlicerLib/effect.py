@@ -281,7 +281,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         segment = self.scriptedEffect.selectedSegmentLabelmap()
         resampled = slicer.vtkOrientedImageData()
         if segment is None or not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                segment, source, resampled, False, True):
+                segment, source, resampled, False, False):  # on the source grid exactly
             import numpy as np
 
             return np.zeros(prompts.image_array(source).shape, dtype=bool)
