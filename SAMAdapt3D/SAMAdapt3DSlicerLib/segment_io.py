@@ -149,20 +149,20 @@ def _footprint(volume, matrix: np.ndarray) -> list:
     return [int(v) for a in range(3) for v in (lo[a], hi[a])]
 
 
-def segment_lattice(segmentation_node, segment_id, volume) -> Lattice:
-    """The grid segment `segment_id` lives on: its layer's when the layer has voxels, else the reference geometry
-    (the volume's when there is none); its extent covers both the volume and the segment's current voxels, so a
-    replace on it keeps everything outside the volume."""
+def segment_lattice(segmentation_node, segment_id, cover) -> Lattice:
+    """The grid segment `segment_id` lives on: its layer's when it has voxels, else the reference geometry (the
+    volume's when there is none); its extent covers `cover` (an oriented image: the volume, or the box that changes)
+    and the segment's own voxels, so a replace on it keeps every voxel of the segment outside `cover`."""
     _, layer = _layer(segmentation_node, segment_id)
-    has_voxels = layer is not None and not _is_empty_extent(layer.GetExtent())
+    own = _own_extent(segmentation_node, segment_id)
     reference = reference_geometry(segmentation_node)
-    if has_voxels:
+    if own is not None:
         matrix = _matrix(layer)
     elif reference is not None:
         matrix = _matrix(reference)
     else:
-        matrix = _matrix(volume)
-    extent = _footprint(volume, matrix)
+        matrix = _matrix(cover)
+    extent = _footprint(cover, matrix)
     if reference is not None and _same_lattice(matrix, _matrix(reference)):
         # like the Segment Editor: edits stay inside the reference geometry's box
         offset = _index_offset(_matrix(reference), matrix)
@@ -170,11 +170,37 @@ def segment_lattice(segmentation_node, segment_id, volume) -> Lattice:
         for a in range(3):
             extent[2 * a] = max(extent[2 * a], rext[2 * a] + offset[a])
             extent[2 * a + 1] = min(extent[2 * a + 1], rext[2 * a + 1] + offset[a])
-    if has_voxels:
-        lext = layer.GetExtent()
+    if own is not None:
         for a in range(3):
-            extent[2 * a], extent[2 * a + 1] = min(extent[2 * a], lext[2 * a]), max(extent[2 * a + 1], lext[2 * a + 1])
+            extent[2 * a], extent[2 * a + 1] = min(extent[2 * a], own[2 * a]), max(extent[2 * a + 1], own[2 * a + 1])
     return Lattice(matrix, tuple(extent))
+
+
+def _own_extent(segmentation_node, segment_id):
+    """The bounding box (extent, in its layer's index) of the segment's own voxels; None when it has none. A shared
+    layer's extent covers all its segments, so the box is found from the segment's label value."""
+    image = _binary(segmentation_node, segment_id)
+    voxels = _voxels(image)
+    if not voxels.any():
+        return None
+    ext = image.GetExtent()
+    out = []
+    for axis, a in ((2, 0), (1, 1), (0, 2)):  # numpy axis of i, j, k
+        used = np.flatnonzero(voxels.any(axis=tuple(x for x in range(3) if x != axis)))
+        out += [ext[2 * a] + int(used[0]), ext[2 * a] + int(used[-1])]
+    return out
+
+
+def _cover(volume, changed: np.ndarray):
+    """The box of the volume's voxels where `changed` (bool [k, j, i]) is set, as a geometry-only oriented image."""
+    image = slicer.vtkOrientedImageData()
+    where = [np.flatnonzero(changed.any(axis=tuple(x for x in range(3) if x != axis))) for axis in (2, 1, 0)]
+    ext = volume.GetExtent()
+    image.SetExtent(*[int(v) for a in range(3) for v in (ext[2 * a] + where[a][0], ext[2 * a] + where[a][-1])])
+    m = vtk.vtkMatrix4x4()
+    volume.GetImageToWorldMatrix(m)
+    image.SetImageToWorldMatrix(m)
+    return image
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------------
@@ -294,10 +320,16 @@ def apply_mask(segmentation_node, segment_id, mask: np.ndarray, volume, mask_mod
     unchanged voxel for voxel on its own grid."""
     mask = np.asarray(mask, bool)
     others = [sid for sid in segmentation_node.GetSegmentation().GetSegmentIDs() if sid != segment_id]
-    before = {sid: own_grid(segmentation_node, sid) for sid in others}
-    lattice = segment_lattice(segmentation_node, segment_id, volume)
     old_seen = read_on_volume(segmentation_node, segment_id, volume)
-    differs = to_lattice(mask != old_seen, volume, lattice)
+    changed_seen = mask != old_seen
+    if not changed_seen.any():  # nothing the volume grid can see changes: the segment stays as it is
+        own = _own_extent(segmentation_node, segment_id)
+        count = 0 if own is None else own_grid(segmentation_node, segment_id).count
+        return SegmentChange(count, 0, 0)
+    before = {sid: own_grid(segmentation_node, sid) for sid in others}
+    # work only around what changes (and the segment itself): a segmentation grid finer than the volume is large
+    lattice = segment_lattice(segmentation_node, segment_id, _cover(volume, changed_seen))
+    differs = to_lattice(changed_seen, volume, lattice)
     wanted = to_lattice(mask, volume, lattice)
     old = read_on(segmentation_node, segment_id, lattice)
     allowed = editable_on(segmentation_node, segment_id, lattice, volume, mask_mode, mask_segment_id, intensity_range)

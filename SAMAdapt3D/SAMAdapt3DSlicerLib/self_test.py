@@ -72,16 +72,19 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         slicer.util.updateVolumeFromArray(labelmap, sheet)
         labelmap.SetOrigin(fine.GetOrigin())
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentationNode)
+        from SAMAdapt3DSlicerLib import segment_io
+
         sheetID = segmentationNode.GetSegmentation().GetNthSegmentID(0)
-        before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, sheetID, fine).sum()
+        before = segment_io.own_grid(segmentationNode, sheetID)
+        self.assertEqual(before.count, int(sheet.sum()))
         targetID = bridge.add_segment(segmentationNode, "target")
         mask = np.zeros((8, 10, 12), bool)
         mask[0:2, 0:2, 0:2] = True  # away from the sheet
         nodes = slicer.mrmlScene.GetNumberOfNodes()
         bridge.write_segment_mask(segmentationNode, targetID, mask, volumeNode)
-        after = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, sheetID, fine).sum()
-        self.assertEqual(int(after), int(before))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
+        self.assertTrue(segment_io.own_grid(segmentationNode, sheetID).same_as(before))
+        self.assertEqual(int(bridge.segment_mask(segmentationNode, targetID, volumeNode).sum()), int(mask.sum()))
 
     def test_ClassesWriteAndUndo(self):
         """'Segment all classes' scene path: one segment per class by name, an existing one reused, undo."""
