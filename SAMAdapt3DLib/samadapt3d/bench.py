@@ -39,14 +39,21 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+def _say(text: str) -> None:
+    """What the benchmark is doing now (a full ViT-B forward on CPU takes minutes): to stderr, so that stdout
+    holds only the results."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int, what: str = "run") -> list[float]:
     times = []
-    for _ in range(repeats):
+    for n in range(repeats):
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+        _say(f"{what} {n + 1}/{repeats}: {times[-1]:.3f} s")
     return times
 
 
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     config = bench_config(args.config, args.crop)
     torch.manual_seed(0)
+    _say(f"building the {args.config} network (random weights) on {device}")
     model = SAM3DAdapter(config).to(device).eval()
     crop = torch.randn(1, 1, *config.crop_size, device=device)
     points = torch.rand(1, args.points, 3, device=device) * (args.crop - 1)
@@ -86,10 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(device)
 
     with torch.inference_mode():
+        _say(f"warm-up: one forward of a {tuple(config.crop_size)} crop")
+        start = time.perf_counter()
         features = model.encode(crop)  # warm-up (allocations, kernels)
         model.decode(features, points)
-        full = _time(lambda: model.decode(model.encode(crop), points), device, args.repeats)
-        decode = _time(lambda: model.decode(features, points), device, max(args.repeats, 3))
+        _say(f"warm-up done in {time.perf_counter() - start:.1f} s; timing {args.repeats} full forwards")
+        full = _time(lambda: model.decode(model.encode(crop), points), device, args.repeats, "full forward")
+        decode = _time(lambda: model.decode(features, points), device, max(args.repeats, 3), "decode")
 
     params = sum(p.numel() for p in model.parameters())
     rows = [

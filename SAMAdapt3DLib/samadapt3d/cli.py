@@ -296,9 +296,10 @@ def segment_command(args) -> int:
         model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=device,
                            options=_model_options(args.model_option), precision=args.precision)
         progress(1.0, "model loaded")
-        progress.phase("segmenting")
+        progress.phase("preparing the image")
         session = InteractiveSession(model, progress=progress)
         session.set_image(volume)
+        progress.phase("segmenting")
         mask = session.segment(positive=positive, negative=negative, box=box, seed=seed)
         progress.phase("writing")
         image = None

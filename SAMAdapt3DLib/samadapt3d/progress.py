@@ -37,7 +37,7 @@ class Progress:
     def phase(self, name: str) -> "Progress":
         self.name = name
         self._last_fraction, self._last_stage, self._last_time = -1.0, None, -1e9
-        self(0.0, name)
+        self(0.0, "starting")
         return self
 
     def __call__(self, fraction: float, message: str = "") -> None:
@@ -57,7 +57,7 @@ class Progress:
                    or now - self._last_time >= PLAIN_EVERY_S or (fraction >= 1.0 > self._last_fraction))
             if not due:
                 return
-            label = f"{self.name}: " if self.name and not message.startswith(self.name) else ""
+            label = f"{self.name}: " if self.name else ""
             self.stream.write(f"{label}{100 * fraction:3.0f}% {message} ({now - self.start:.1f} s)\n")
         self.stream.flush()
         self._last_time, self._last_fraction, self._last_stage = now, fraction, stage

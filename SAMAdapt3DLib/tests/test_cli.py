@@ -256,3 +256,76 @@ def test_negative_coordinates_after_point_options(tmp_path, image, toy_registry)
     assert main(["segment", str(moved), "-o", str(out), "--model", "toy-crop", "--quiet",
                  "--point-ras", ",".join(str(v) for v in ras)]) == 0
     assert np.array_equal(Volume.from_file(out).array > 0, vol.array == 100)
+
+
+# ---- progress ------------------------------------------------------------------------------------------------------
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_plain_progress_is_short_but_never_silent():
+    import io
+
+    from samadapt3d.progress import PLAIN_EVERY_S, Progress
+
+    out, clock = io.StringIO(), _Clock()
+    progress = Progress(out, clock=clock, tty=False).phase("segmenting")
+    for n in range(1, 101):  # 100 slices, one per 0.01 of progress, 0.05 s each
+        clock.now += 0.05
+        progress(n / 200, f"slice {n}/100")
+    clock.now += PLAIN_EVERY_S + 1  # a long silent stretch (one slow slice): still a line when it ends
+    progress(0.51, "slice 101/100")
+    progress(1.0, "done")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("segmenting:   0%")
+    assert 5 <= len(lines) <= 12, lines  # a line per 10 %, per stage change and per long wait
+    assert any(line.startswith("segmenting:  51% slice 101/100") for line in lines)
+    assert lines[-1].startswith("segmenting: 100% done")
+    assert "\r" not in out.getvalue()
+
+
+def test_terminal_progress_redraws_one_line_and_clears_it():
+    import io
+
+    from samadapt3d.progress import Progress
+
+    out, clock = io.StringIO(), _Clock()
+    progress = Progress(out, clock=clock, tty=True).phase("segmenting")
+    clock.now += 1
+    progress(0.5, "slice 3/6")
+    progress.close()
+    text = out.getvalue()
+    assert "\n" not in text and text.count("\r") >= 2 and " 50% |" in text and text.endswith("\r\x1b[K")
+
+
+def test_segment_progress_follows_the_session_and_writing(tmp_path, image, toy_registry, capsys, monkeypatch):
+    """Not a terminal: plain lines on stdout (stderr stays for errors); the segmenting phase reaches 100 % only when
+    the session has the mask, and the writing phase comes after it."""
+    import samadapt3d.session as session_module
+
+    path, vol = image
+    seen = []
+    original = session_module.InteractiveSession.segment
+
+    def segment(self, *args, **kwargs):
+        mask = original(self, *args, **kwargs)
+        seen.append(capsys.readouterr().out)  # what was printed while the session worked
+        return mask
+
+    monkeypatch.setattr(session_module.InteractiveSession, "segment", segment)
+    out = tmp_path / "mask.nrrd"
+    assert main(["segment", str(path), "-o", str(out), "--model", "toy-crop", "--point-ijk", "5,5,3",
+                 "--overlay", str(tmp_path / "v.png")]) == 0
+    captured = capsys.readouterr()
+    during, after = seen[0].splitlines(), captured.out.splitlines()
+    assert captured.err == ""
+    assert during[0].startswith("loading the model:") and any(line.startswith("segmenting: 100%") for line in during)
+    fractions = [int(line.split(":")[1].split("%")[0]) for line in during if line.startswith("segmenting:")]
+    assert fractions == sorted(fractions) and len(fractions) >= 3
+    assert [line.split(":")[0] for line in after[:-1]] == ["writing"] * (len(after) - 1)
+    assert "mask.nrrd" in after[-2] or "v.png" in after[-2]
+    assert after[-1].startswith("wrote ")
