@@ -22,15 +22,13 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
+from SAMAdapt3DSlicerLib import effect_markups as markups
 from SAMAdapt3DSlicerLib import effect_prompts as prompts
 from SAMAdapt3DSlicerLib import effect_session
 from SAMAdapt3DSlicerLib.effect_runner import PROMPT_KINDS, Job, PromptRunner
 
 EFFECT_NAME = "SAMAdapt3D"
 POLL_MS = 50
-POSITIVE_COLOR = (0.1, 0.85, 0.1)
-NEGATIVE_COLOR = (0.95, 0.15, 0.1)
-BOX_COLOR = (1.0, 0.85, 0.0)
 #: a press this close (pixels) to a prompt point is left to the markups widget (to move the point)
 POINT_GRAB_PX = 8
 ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Icons",
@@ -243,7 +241,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.generation += 1
         self._knownMask = self.currentSegmentMask()
         self.ensureRunner().submit(Job("image", self.generation, volume=prompts.volume_from_image(
-            image, self.segmentationToWorld(segmentation)), seed=self._knownMask))
+            image, markups.segmentation_to_world(segmentation)), seed=self._knownMask))
         self.setStatus("Preparing the model…")
         return True
 
@@ -264,28 +262,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._runnerChoice = choice
         return self.runner
 
-    @staticmethod
-    def segmentationToWorld(segmentation):
-        transform = segmentation.GetParentTransformNode()
-        if transform is None:
-            return None
-        if not transform.IsTransformToWorldLinear():
-            raise ValueError("the segmentation is under a non-linear transform: harden it first")
-        matrix = vtk.vtkMatrix4x4()
-        transform.GetMatrixTransformToWorld(matrix)
-        return [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
-
     def currentSegmentMask(self):
         """The selected segment on the source image's grid, [k, j, i] bool."""
-        source = self.scriptedEffect.sourceVolumeImageData()
-        segment = self.scriptedEffect.selectedSegmentLabelmap()
-        resampled = slicer.vtkOrientedImageData()
-        if segment is None or not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-                segment, source, resampled, False, False):  # on the source grid exactly
-            import numpy as np
-
-            return np.zeros(prompts.image_array(source).shape, dtype=bool)
-        return prompts.image_array(resampled) > 0
+        return markups.segment_on_grid(self.scriptedEffect.selectedSegmentLabelmap(),
+                                       self.scriptedEffect.sourceVolumeImageData())
 
     def observeSegmentation(self, segmentation=None):
         if self._observed_segmentation is not None:
@@ -318,33 +298,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # ---- prompt nodes ------------------------------------------------------------------------------
     def ensurePromptNodes(self):
-        scene = slicer.mrmlScene
-        specs = (("positive", "vtkMRMLMarkupsFiducialNode", POSITIVE_COLOR, "+"),
-                 ("negative", "vtkMRMLMarkupsFiducialNode", NEGATIVE_COLOR, "-"),
-                 ("box", "vtkMRMLMarkupsROINode", BOX_COLOR, "box"))
-        for kind, class_name, color, label in specs:
-            node = self.nodes.get(kind)
-            if node is not None and scene.IsNodePresent(node):
-                continue
-            node = scene.AddNewNodeByClass(class_name, f"SAMAdapt3D {kind}")
-            node.SetSaveWithScene(False)
-            node.SetHideFromEditors(True)
-            node.SetMarkupLabelFormat(label)
-            node.CreateDefaultDisplayNodes()
-            display = node.GetDisplayNode()
-            display.SetSelectedColor(color)
-            display.SetColor(color)
-            if kind != "box":
-                display.SetPointLabelsVisibility(False)
-            self.nodes[kind] = node
-        self.observePromptNodes()
+        if markups.ensure_prompt_nodes(slicer.mrmlScene, self.nodes):
+            self.observePromptNodes()
 
     def observePromptNodes(self):
         for node, tag in self._node_tags:
             node.RemoveObserver(tag)
         self._node_tags = []
-        events = (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent)
+        events = markups.EDIT_EVENTS
         for node in self.nodes.values():
             for event in events:
                 self._node_tags.append((node, node.AddObserver(event, self.onPromptNodeEdited)))
@@ -353,17 +314,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for node, tag in self._node_tags:
             node.RemoveObserver(tag)
         self._node_tags = []
-        scene = slicer.mrmlScene
-        for node in self.nodes.values():
-            if scene is not None and scene.IsNodePresent(node):
-                scene.RemoveNode(node)
-        self.nodes = {}
+        markups.remove_prompt_nodes(slicer.mrmlScene, self.nodes)
 
     def setPromptsVisible(self, visible):
-        for node in self.nodes.values():
-            display = node.GetDisplayNode()
-            if display is not None:
-                display.SetVisibility(bool(visible))
+        markups.set_visible(self.nodes, visible)
 
     def clearPromptNodes(self):
         self._updating = True
@@ -464,23 +418,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                                  positive=positive, view_axis=axis))
 
     def viewAxis(self, viewWidget):
-        """The ijk axis of the source image normal to the view, or None for an oblique view."""
-        import numpy as np
-
-        image = self.scriptedEffect.sourceVolumeImageData()
-        normal = prompts.slice_normal(viewWidget.mrmlSliceNode())
-        directions = prompts.image_ijk_to_ras(image)[:3, :3]
-        directions = directions / np.linalg.norm(directions, axis=0)
-        cosines = np.abs(directions.T @ (normal / np.linalg.norm(normal)))
-        axis = int(np.argmax(cosines))
-        return axis if cosines[axis] > 0.99 else None
+        return markups.view_axis(self.scriptedEffect.sourceVolumeImageData(), viewWidget.mrmlSliceNode())
 
     def showSliceBox(self, ras_a, ras_b, viewWidget):
         a, b = prompts.slice_box_corners(ras_a, ras_b, prompts.slice_normal(viewWidget.mrmlSliceNode()))
         self.ensurePromptNodes()
         self._updating = True
         try:
-            self.setRoi(self.nodes["box"], a, b)
+            markups.set_roi(self.nodes["box"], a, b)
         finally:
             self._updating = False
         self.scriptedEffect.scheduleRender(viewWidget)
@@ -491,15 +436,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.showSliceBox(ras_a, ras_b, viewWidget)
         a, b = prompts.slice_box_corners(ras_a, ras_b, prompts.slice_normal(viewWidget.mrmlSliceNode()))
         self.submitPromptJob(Job("box", self.generation, prompts=self.currentPrompts(), box=(tuple(a), tuple(b))))
-
-    @staticmethod
-    def setRoi(roi, a, b):
-        """An axis-aligned (RAS) ROI spanning corners a and b (flat along the slice normal for a slice box)."""
-        import numpy as np
-
-        roi.RemoveAllControlPoints()  # also resets the ROI's size: a new box never inherits a zero-size one
-        roi.SetCenterWorld(*((np.asarray(a) + np.asarray(b)) / 2))
-        roi.SetSize(*np.abs(np.asarray(b) - np.asarray(a)))
 
     # ---- jobs and results --------------------------------------------------------------------------
     def submitPromptJob(self, job):
