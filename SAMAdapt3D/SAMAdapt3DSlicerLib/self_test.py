@@ -122,11 +122,10 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         """One click at the centre of a bright ball: the embedded LiteMedSAM, run by a local server started with
         the server's Python, segments it (Dice against the ball)."""
         import numpy as np
-        from SAMAdapt3DSlicerLib import dependencies, scene_bridge as bridge
-        from SAMAdapt3DSlicerLib.logic import SAMAdapt3DLogic
+        from SAMAdapt3DSlicerLib import dependencies, scene_bridge as bridge, server_control
+        from SAMAdapt3DSlicerLib.logic import slicer_python
 
-        logic = SAMAdapt3DLogic()
-        python = logic.serverPython()
+        python = slicer_python()  # a server of its own: the module's settings and server are left alone
         environment = dependencies.probe(python)
         if not environment.ready:
             raise unittest.SkipTest(f"needs the server's dependencies ({', '.join(environment.missing())}: "
@@ -138,14 +137,15 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         segmentationNode.CreateDefaultDisplayNodes()
         segmentID = bridge.add_segment(segmentationNode, "ball")
+        server = server_control.ServerControl(python)
         try:
-            self.delayDisplay("Starting the local server and the embedded model")
-            session = logic.server.session_opener("litemedsam", "auto")
+            self.delayDisplay("Starting a local server and the embedded model")
+            session = server.session_opener("litemedsam", "auto")
             session.set_image(bridge.volume_from_node(volumeNode))
             mask = session.add_point((32, 32, 12))
             bridge.write_segment_mask(segmentationNode, segmentID, mask, volumeNode)
         finally:
-            logic.shutdown()
+            server.stop()
         got = bridge.segment_mask(segmentationNode, segmentID, volumeNode)
         dice = 2.0 * (got & ball).sum() / max(got.sum() + ball.sum(), 1)
         self.assertGreater(dice, MIN_DICE, f"Dice {dice:.3f}")
