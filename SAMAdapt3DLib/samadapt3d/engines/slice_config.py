@@ -1,0 +1,38 @@
+"""Every threshold of the slice engine's click / propagation strategy, in one place (engines/slice_strategy.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """Thresholds of SliceEngine (see the docstring of engines/slice_strategy.py for where each one acts)."""
+
+    #: a propagated slice is prompted with its neighbour's mask box grown by this fraction of its longer side
+    box_margin: float = 0.1
+    #: a click's candidate boxes are refitted to their own mask with this margin
+    refit_margin: float = 0.15
+    #: propagation stops at a mask smaller than this (pixels)
+    min_area: int = 4
+    #: ... at a mask overlapping its neighbour's (dilated by 2 px) by less than this fraction of itself
+    min_overlap: float = 0.2
+    #: ... at a predicted IoU below this
+    min_iou: float = 0.35
+    #: ... where the median normalised intensity moved by more than this from the anchor's (another tissue)
+    max_level_change: float = 0.12
+    #: inside a 3D box, only an empty mask or no overlap stops the walk (measured: leaks; off)
+    box_keeps_walking: bool = False
+    #: candidate box half-sizes around a click, as fractions of the slice's longer side
+    click_box_fractions: tuple[float, ...] = (0.03, 0.06, 0.09, 0.125, 0.16, 0.19, 0.23, 0.28, 0.34)
+    #: rounds of refitting each candidate box to its own mask
+    click_rounds: int = 4
+    #: pixels whose intensity is within this of the click's count as "homogeneous" in the candidate score
+    homogeneity_tolerance: float = 0.1
+    #: a negative click's object: the smallest candidate scoring at least this fraction of the best one
+    negative_score_ratio: float = 0.5
+    #: a negative's object covering at least this fraction of the mask's component is the same object
+    same_object: float = 0.5
+    #: an excluded object (another structure inside the mask) is cut dilated by this many pixels
+    cut_dilation: int = 1
+    #: a shrunk box stops this many pixels before a negative click (cuts of one object by the model)
+    shrink_gap: int = 1
