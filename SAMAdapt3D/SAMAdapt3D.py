@@ -18,7 +18,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from SAMAdapt3DSlicerLib.logic import DEFAULT_MODEL, DEVICES, SAMAdapt3DLogic
+from SAMAdapt3DSlicerLib.logic import DEFAULT_MODEL, DEVICES, SAMAdapt3DLogic, installSavedServer
 from SAMAdapt3DSlicerLib.self_test import SAMAdapt3DTest  # noqa: F401  (Slicer finds <Module>Test in this module)
 
 __all__ = ["SAMAdapt3D", "SAMAdapt3DWidget", "SAMAdapt3DLogic", "SAMAdapt3DTest"]
@@ -41,6 +41,8 @@ class SAMAdapt3D(ScriptedLoadableModule):
         self.parent.acknowledgementText = (
             "Builds on Segment Anything (Meta AI), MedSAM / LiteMedSAM (Ma et al.) and 3DSAM-adapter (Gong et al.)."
         )
+        # the saved server settings apply to the effect even if this panel is never opened
+        slicer.app.connect("startupCompleted()", installSavedServer)
 
 
 class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -101,8 +103,8 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         """Module reload or exit: observers, the parameter node GUI link, timers, threads and the server go."""
-        self.removeObservers()
         self.setParameterNode(None)
+        self.removeObservers()
         if self.logic:
             self.logic.shutdown()
 

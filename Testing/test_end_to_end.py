@@ -196,3 +196,21 @@ def test_self_test_passes_in_a_clean_slicer_and_skips_the_model_with_a_reason(sl
     assert len(test.skipped) == 1 and "test_EmbeddedModelThroughTheServer" in test.skipped[0]
     assert "network" in test.skipped[0] and "torch" in test.skipped[0]
     logic.SetMRMLScene(None)
+
+
+def test_saved_server_settings_apply_at_startup_without_opening_the_panel(slicer_gui, scene):
+    from SAMAdapt3DSlicerLib import effect_session, server_control
+
+    import slicer
+
+    settings = slicer.app.settings()
+    for key, value in (("ServerMode", "remote"), ("ServerUrl", "http://gpu-box:8000"), ("ServerToken", "t0k")):
+        settings.setValue("SAMAdapt3D/" + key, value)
+    slicer_gui.load_module(MODULE_DIR / "SAMAdapt3D.py", enter=False)
+    control = server_control.shared("python")
+    control.configure(server_control.ServerSettings())  # as if the panel had never been set up
+    effect_session.set_session_opener(None)
+    slicer_gui.start_up()
+    assert effect_session._opener == control.session_opener
+    assert control.settings.mode == "remote" and control.settings.url == "http://gpu-box:8000"
+    assert control.client().url == "http://gpu-box:8000"

@@ -52,6 +52,26 @@ def slicer_python() -> str:
     return effect_session.slicer_python()
 
 
+def savedServerSettings(device="auto"):
+    settings = slicer.app.settings()
+
+    def value(key, default=""):
+        found = settings.value(SAMAdapt3DLogic.SETTINGS + key)
+        return default if found is None else found
+
+    return server_control.ServerSettings(value("ServerMode", server_control.LOCAL), value("ServerPython"),
+                                         value("ServerUrl"), value("ServerToken"), device)
+
+
+def installSavedServer():
+    """At start-up (before the module's panel is ever opened): the effect's sessions go to the saved server."""
+    from SAMAdapt3DSlicerLib import effect_session
+
+    control = server_control.shared(slicer_python())
+    control.configure(savedServerSettings(control.settings.device))
+    effect_session.set_session_opener(control.session_opener)
+
+
 class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     """Callbacks (set by the widget) get (status, message, fraction) with status in
     "progress" | "ok" | "cancelled" | "error"; `classesCallback`, `downloadCallback`, `installCallback`,
@@ -62,7 +82,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.libraryDir = dependencies.put_library_on_path(MODULE_DIR)  # the torch-free client, shipped with us
-        self.server = server_control.ServerControl(slicer_python())
+        self.server = server_control.shared(slicer_python())
         self.classesCallback = self.downloadCallback = self.installCallback = None
         self.serverCallback = self.fineTuneCallback = None
         self.environment = None  # dependencies.Environment of the server's Python, once probed
@@ -106,9 +126,7 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         self.setSetting("ModelFiles", [f for f in self.rememberedModelFiles() if f != path] + [path])
 
     def serverSettings(self, device="auto"):
-        return server_control.ServerSettings(self.setting("ServerMode", server_control.LOCAL),
-                                             self.setting("ServerPython"), self.setting("ServerUrl"),
-                                             self.setting("ServerToken"), device)
+        return savedServerSettings(device)
 
     def applyServerSettings(self, settings):
         """Remember the settings and make the Segment Editor effect open its sessions on this server."""

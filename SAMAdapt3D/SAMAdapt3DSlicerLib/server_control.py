@@ -97,3 +97,14 @@ class ServerControl:
                 self._local.stop()
                 self._local = None
             self._remote = None
+
+
+_shared: ServerControl | None = None
+
+
+def shared(default_python: str) -> ServerControl:
+    """The process-wide ServerControl: the module's Logic and the effect use one server."""
+    global _shared
+    if _shared is None:
+        _shared = ServerControl(default_python)
+    return _shared
