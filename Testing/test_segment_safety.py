@@ -224,3 +224,17 @@ def test_node_count_unchanged_after_many_updates(scene):
         bridge.segment_mask(seg, target, node)
         bridge.editable_mask(seg, node, target, bridge.MASK_OUTSIDE_ALL)
     assert scene.GetNumberOfNodes() == count
+
+
+def test_write_result_reads_the_segment_editor_node(setup, scene):
+    """core.write_result takes the masking settings from a real vtkMRMLSegmentEditorNode."""
+    seg, node, target = setup["seg"], setup["node"], setup["target"]
+    editor = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetMaskMode(bridge.MASK_OUTSIDE_ALL)
+    editor.SetOverwriteMode(bridge.OVERWRITE_ALL)  # overwrite is moot: nothing may be added inside others
+    before = {sid: world_voxels(seg, sid) for sid in setup["others"].values()}
+    result = core.write_result(proposal(), node, seg, target, editor)
+    for sid in setup["others"].values():
+        assert world_voxels(seg, sid) == before[sid]
+    assert result.blocked > 0 and not result.overwritten
+    assert not (world_voxels(seg, target) & set().union(*before.values()))
