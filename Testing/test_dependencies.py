@@ -3,7 +3,6 @@ cancel, Windows paths kept whole)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import venv
