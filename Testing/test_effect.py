@@ -231,3 +231,34 @@ def test_other_segments_on_a_finer_grid_are_left_voxel_for_voxel(slicer_gui, sce
     cube[scenes.CUBE] = True
     assert np.array_equal(written, cube)
     assert own_grid_voxels(segmentation, ids[1]) == before
+
+
+def test_3d_box_button_places_a_true_3d_roi_and_t_toggles_polarity(slicer_gui, scene, in_process_sessions):
+    import slicer
+
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    wait_for(slicer_gui, effect_idle(effect))
+    effect.boxButton.click()
+    interaction = slicer.app.applicationLogic().GetInteractionNode()
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+    roi = effect.nodes["box"]
+    assert interaction.GetCurrentInteractionMode() == interaction.Place
+    assert selection.GetActivePlaceNodeID() == roi.GetID()
+
+    # the user draws the ROI (Slicer's place widget), then drags a handle: a box over slices k = 4..7 of the slab
+    low, high = scenes.voxel_to_ras(volume, (4, 14, 12)), scenes.voxel_to_ras(volume, (7, 19, 21))
+    roi.AddControlPoint(vtk.vtkVector3d(*((low + high) / 2)))
+    roi.SetSize(*np.abs(high - low))
+    roi.InvokeEvent(roi.PointEndInteractionEvent)
+    wait_for(slicer_gui, effect_idle(effect))
+    mask = scenes.segment_array(segmentation, ids[0], volume)
+    assert mask[4:8].any(axis=(1, 2)).all() and not mask[:4].any() and not mask[8:].any()  # 3D: those slices only
+    assert mask[scenes.SLAB].sum() == mask.sum()
+
+    # T toggles the polarity of plain clicks (while the effect is active)
+    assert effect.positiveButton.checked
+    effect._shortcuts[0].activated.emit()
+    assert effect.negativeButton.checked and effect.scriptedEffect.parameter("Polarity") == "negative"
+    editor.activate(None)
+    assert effect._shortcuts == []  # no key bound once the effect is deselected
