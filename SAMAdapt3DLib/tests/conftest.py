@@ -8,24 +8,7 @@ import pytest
 import torch
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-def missing(why: str) -> None:
-    """Something a test needs (an oracle, a wheel, data) is not installed: skip locally, FAIL in CI (CI=true),
-    so that a broken environment cannot hide the strongest tests."""
-    if in_ci():
-        pytest.fail(f"{why} (required in CI)", pytrace=False)
-    pytest.skip(why, allow_module_level=True)
-
-
-def require_module(name: str, install: str):
-    """The imported module, or `missing` (skip locally, fail in CI)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        missing(f"{name} is not installed ({install})")
+from ci_requirements import in_ci, missing, require_module  # noqa: E402,F401  (re-exported for fixtures)
 
 
 @pytest.fixture(autouse=True)

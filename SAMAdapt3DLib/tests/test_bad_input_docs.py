@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import require_module
+from ci_requirements import require_module
 from samadapt3d.volume import Volume
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ TESTS = Path(__file__).resolve().parent
 NEEDS_MISSING = f"""
 import sys
 sys.path.insert(0, {str(TESTS)!r})
-from conftest import require_module
+from ci_requirements import require_module
 
 
 def test_needs_a_module_that_is_not_installed():

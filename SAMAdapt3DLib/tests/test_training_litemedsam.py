@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import missing
+from ci_requirements import missing
 from samadapt3d import load_model
 from samadapt3d.errors import ModelNotFoundError
 from samadapt3d.engines.base import ModelPrompts
