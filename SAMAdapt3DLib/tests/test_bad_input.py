@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 import samadapt3d.models as models
-from conftest import require_module
+from ci_requirements import require_module
 from samadapt3d.cli import main
 from samadapt3d.errors import InputError
 from samadapt3d.volume import Volume

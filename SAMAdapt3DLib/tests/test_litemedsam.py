@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import missing, require_module
+from ci_requirements import missing, require_module
 from samadapt3d.families import litemedsam
 
 require_module("slicerio", "pip install slicerio")
