@@ -2,7 +2,7 @@
 
 Slicer loads every .py file beside SAMAdapt3D.py as a scripted module; this one is a proper (hidden) module, as
 the modules of SegmentEditorExtraEffects are: once the application has started it registers the effect, whose code
-is SAMAdapt3DSlicerLib/effect.py. Nothing is imported or installed before that (torch never in Slicer's process).
+is SAMAdapt3DSlicerLib/effect.py (loaded through SegmentEditorSAMAdapt3DLib/SegmentEditorEffect.py). Nothing is imported or installed before that (torch never in Slicer's process).
 """
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import os
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule
 
-EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SAMAdapt3DSlicerLib", "effect.py")
+#: Slicer loads this file as the module "SegmentEditorSAMAdapt3DLib" (its folder) and instantiates its class
+#: "SegmentEditorEffect" (its name); the effect's code is SAMAdapt3DSlicerLib/effect.py
+EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorSAMAdapt3DLib",
+                             "SegmentEditorEffect.py")
 
 
 class SegmentEditorSAMAdapt3D(ScriptedLoadableModule):

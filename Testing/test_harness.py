@@ -90,3 +90,24 @@ def test_the_harness_leaves_slicer_core_as_it_found_it(scene, tmp_path):
     assert slicer.mrmlScene is scene and "qt" in sys.modules
     gui.close()
     assert (hasattr(slicer, "app"), hasattr(slicer, "mrmlScene"), "qt" in sys.modules, slicer.util.loadUI) == before
+
+
+def test_the_effect_loader_follows_slicers_naming_rule(slicer_gui):
+    """Slicer names the module after the source's folder and the class after its file: the effect's code in
+    SAMAdapt3DSlicerLib/effect.py could not be registered directly (class effectEffect, module replacing the
+    package), hence SegmentEditorSAMAdapt3DLib/SegmentEditorEffect.py."""
+    import sys
+
+    from harness.fixtures import MODULE_DIR
+    from harness.segment_editor import ScriptedEffect
+
+    import SAMAdapt3DSlicerLib as package
+
+    try:
+        with pytest.raises((RuntimeError, ImportError)):  # the file replaced the package it imports from
+            ScriptedEffect().setPythonSource(str(MODULE_DIR / "SAMAdapt3DSlicerLib" / "effect.py"))
+    finally:
+        sys.modules["SAMAdapt3DSlicerLib"] = package
+    effect = ScriptedEffect()
+    assert effect.setPythonSource(str(MODULE_DIR / "SegmentEditorSAMAdapt3DLib" / "SegmentEditorEffect.py"))
+    assert effect.name == "SAMAdapt3D" and type(effect.self()).__name__ == "SegmentEditorEffect"

@@ -1,7 +1,8 @@
 """The SAMAdapt3D Segment Editor effect: prompts in the views -> the model -> the selected segment.
 
-Loaded by Slicer with `qSlicerSegmentEditorScriptedEffect.setPythonSource` (SegmentEditorSAMAdapt3D.py registers it
-once the application has started), so this file is executed on its own; it imports its helpers from the package.
+Registered by SegmentEditorSAMAdapt3D.py once the application has started, through
+SegmentEditorSAMAdapt3DLib/SegmentEditorEffect.py (Slicer's loader names the module after the folder and the class
+after the file, so the source it is given cannot live in this package).
 
 Mouse (slice views, while the effect is active):
   click            a point of the current polarity (Positive / Negative buttons, T toggles; positive at start)
@@ -31,8 +32,10 @@ EFFECT_NAME = "SAMAdapt3D"
 POLL_MS = 50
 #: a press this close (pixels) to a prompt point is left to the markups widget (to move the point)
 POINT_GRAB_PX = 8
-ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Icons",
-                         "SegmentEditorSAMAdapt3D.png")
+MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ICON_PATH = os.path.join(MODULE_DIR, "Resources", "Icons", "SegmentEditorSAMAdapt3D.png")
+#: what Slicer's loader is given: it names the module after the folder and the class after the file
+EFFECT_SOURCE = os.path.join(MODULE_DIR, "SegmentEditorSAMAdapt3DLib", "SegmentEditorEffect.py")
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -61,7 +64,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
-        cloned.setPythonSource(__file__.replace("\\", "/"))
+        cloned.setPythonSource(EFFECT_SOURCE.replace("\\", "/"))
         return cloned
 
     def icon(self):

@@ -147,4 +147,9 @@ class Slicer:
             else:
                 sys.modules[name] = module
         segment_editor.EffectFactory._instance = None
+        for name in segment_editor.LOADED_EFFECT_MODULES:
+            sys.modules.pop(name, None)
+            if hasattr(slicer, name):
+                delattr(slicer, name)
+        segment_editor.LOADED_EFFECT_MODULES.clear()
         self.segmentations_logic.SetMRMLScene(None)

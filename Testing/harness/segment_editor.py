@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
+import sys
 import types
+from pathlib import Path
 
 import vtk
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -25,7 +26,8 @@ from .pythonqt import wrap
 _LOGIC = slicer.vtkSlicerSegmentEditorLogic
 _MODES = {0: _LOGIC.ModificationModeSet, 1: _LOGIC.ModificationModeAdd, 2: _LOGIC.ModificationModeRemove,
           3: _LOGIC.ModificationModeRemoveAll}
-_SOURCE_IDS = itertools.count()
+#: module names the effect loader put into sys.modules / slicer (taken out again when the harness closes)
+LOADED_EFFECT_MODULES: set = set()
 
 
 class AbstractEffectConstants:
@@ -75,10 +77,27 @@ class ScriptedEffect(wrap(QtCore.QObject)):
 
     # ---- the Python side -------------------------------------------------------------------------------
     def setPythonSource(self, path: str) -> bool:
-        spec = importlib.util.spec_from_file_location(f"_harness_effect_{next(_SOURCE_IDS)}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        self._python = module.SegmentEditorEffect(self)
+        """Slicer's rule (qSlicerSegmentEditorScriptedEffect::setPythonSource): the module is named after the
+        file's folder, the class after the file (+ "Effect" unless it ends so); the class is taken from that module
+        if it is imported already, else the file is loaded as that module (replacing what had the name)."""
+        path = Path(path)
+        module_name = path.parent.name
+        class_name = path.stem if path.stem.endswith("Effect") else path.stem + "Effect"
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if cls is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            LOADED_EFFECT_MODULES.add(module_name)
+            spec.loader.exec_module(module)
+            cls = getattr(module, class_name, None)
+        if cls is None:
+            raise RuntimeError(f"Failed to load segment editor scripted effect: class {class_name} was not found in "
+                               f"{path}")
+        self._python = cls(self)
+        setattr(slicer, module_name, self._python)  # Slicer sets slicer.<module name> to the effect
+        LOADED_EFFECT_MODULES.add(module_name)
         return True
 
     def self(self):
