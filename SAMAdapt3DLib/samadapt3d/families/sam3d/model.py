@@ -60,6 +60,8 @@ class CropFeatures:
     features: list[torch.Tensor]  # 4 × [B, neck_dim, H', W', D'] (published layout)
     small_crop: torch.Tensor  # crop resized to the decoder grid, [B, 1, h, w, d]
     crop_size: tuple[int, int, int]  # (D, H, W)
+    #: the decoder's click-independent part (MLADecoder.static_part), filled by the first decode on this crop
+    decoder_static: torch.Tensor | None = None
 
 
 class SAM3DAdapter(CropModel):
@@ -128,10 +130,12 @@ class SAM3DAdapter(CropModel):
     def decode(self, features: CropFeatures, points: torch.Tensor) -> torch.Tensor:
         feats = features.features
         self._check_points(points, feats[0].shape[0])
+        if features.decoder_static is None:  # once per crop: every later click on it reuses this
+            features.decoder_static = self.mask_decoder.static_part(feats[:3], features.small_crop)
         prompted = self.prompt_encoders[ACTIVE_PROMPT_ENCODER](feats[3], points.to(feats[3].device), features.crop_size)
         d, h, w = features.crop_size
-        logits = self.mask_decoder([feats[0], feats[1], feats[2], prompted], features.small_crop, (h, w, d))
-        return logits.softmax(dim=1)[:, 1:2].permute(0, 1, 4, 2, 3)  # [B, 1, D, H, W]
+        foreground = self.mask_decoder.click_foreground(prompted, features.decoder_static, (h, w, d))
+        return foreground.permute(0, 1, 4, 2, 3)  # [B, 1, D, H, W]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
