@@ -295,3 +295,39 @@ def test_segment_to_seg_nrrd_writes_a_named_segment(tmp_path, image, toy_registr
     assert main(["segment", str(path), "-o", str(named), "--point-ijk", "5,5,3", "--model", "toy-crop", "--quiet",
                  "--name", "left kidney"]) == 0
     assert [s["name"] for s in slicerio.read_segmentation(str(named), skip_voxels=True)["segments"]] == ["left kidney"]
+
+
+def test_auto_output_that_is_the_input_is_refused(tmp_path, no_model_load, capsys):
+    src = tmp_path / "ct.nrrd"
+    Volume(np.zeros((4, 5, 6), np.int16)).save(src)
+    alias = tmp_path / "labels.nrrd"
+    alias.symlink_to(src)
+    before = snapshot(tmp_path)
+    assert "is the input" in run_error(capsys, ["auto", str(src), "-o", str(alias), "--model", "x.pth"])
+    assert snapshot(tmp_path) == before
+
+
+def test_bench_says_what_it_is_doing(capsys, monkeypatch):
+    import torch
+
+    import samadapt3d.bench as bench
+
+    class Stub(torch.nn.Module):  # what is printed, not the network's speed, is under test
+        def __init__(self, config):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(()))
+
+        def encode(self, crop):
+            return crop * self.weight
+
+        def decode(self, features, points):
+            return features.mean()
+
+    monkeypatch.setattr(bench, "SAM3DAdapter", Stub)
+    bench_main = bench.main
+    assert bench_main(["--config", "small", "--crop", "32", "--repeats", "1", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    steps = [line for line in captured.err.splitlines() if line.startswith("bench: ")]
+    assert steps[0].startswith("bench: building") and any("warm-up" in s for s in steps)
+    assert any(s.startswith("bench: full forward 1/1") for s in steps)
+    assert "full-crop forward" in captured.out and "bench:" not in captured.out
