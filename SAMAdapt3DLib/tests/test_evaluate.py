@@ -282,3 +282,13 @@ def test_canonical_frame_gives_the_same_physical_prompts_for_a_reoriented_copy()
         runs.append((session.prompts, [round(s.dice, 9) for s in result.steps]))
     assert runs[0] == runs[1]
     assert len(runs[0][0]) == 4 and runs[0][1][0] < 1.0
+
+
+def test_scaling_benchmark_counts_decoder_runs(registry, capsys):
+    from samadapt3d.evaluate.scaling import main as scaling
+
+    assert scaling(["--model", "toy-crop", "--negatives", "1,4", "--shape", "6,14,14"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [int(r[0]) for r in rows] == [1, 4]
+    for r in rows:
+        assert int(r[2]) >= 1 and int(r[4]) == 0  # the positive decodes; a negative added later decodes nothing
