@@ -79,9 +79,10 @@ def test_launcher_restarts_a_killed_server_and_the_session_replays_its_history()
         worker = threading.Thread(target=click)
         worker.start()
         started = time.monotonic()
-        while not remote.busy and time.monotonic() - started < 5:
-            time.sleep(0.01)
-        time.sleep(0.3)  # the request is in the server, its model running
+        progress = f"/sessions/{remote.session_id}/progress"
+        while not client.call("GET", progress)["busy"]:  # the request is in the server, its model running
+            assert time.monotonic() - started < 30
+            time.sleep(0.02)
         server.process.kill()
         worker.join(60)
         assert len(errors) == 1 and isinstance(errors[0], ServerError)

@@ -93,6 +93,7 @@ def serve_in_thread(config, loader=None):
     from samadapt3d.server.app import create_app
 
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as `samadapt3d serve` does (server/cli.py)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(config, loader), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

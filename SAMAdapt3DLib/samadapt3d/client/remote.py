@@ -48,6 +48,7 @@ class RemoteSession:
         self.volume: Volume | None = None
         self._image_id: str | None = None
         self._mask: np.ndarray | None = None
+        self._planes: np.ndarray | None = None  # which k-planes of the mask hold foreground (wire.plane_occupancy)
         self._version = -1
         self._prompts: list[Prompt] = []
         self._seed: np.ndarray | None = None
@@ -57,6 +58,8 @@ class RemoteSession:
         self._lock = threading.RLock()
         self._busy = 0
         self._poller: ThreadPoolExecutor | None = None
+        self.last_server_seconds: dict[str, float] = {}
+        self._pending: tuple[list[Prompt], np.ndarray | None] | None = None
         self.session_id = client.create_session(model_id, self.max_undo)
         self._instance = client.instance
 
@@ -68,14 +71,13 @@ class RemoteSession:
         with self._lock:
             self._ensure_session(replay=False)
             self._send_image(volume)
-            self.volume = volume
+            self.volume, self._pending = volume, None  # a new image: nothing of the old one to replay
 
     def _send_image(self, volume: Volume) -> None:
         image_id = self.client.upload_image(volume.array)
         payload = dict(self.client.geometry(volume), image=image_id)
         self._image_id = image_id
-        self._mask = None  # the answer is a reset delta: the mask starts empty
-        self._run("image", payload, shape=volume.array.shape)
+        self._run("image", payload, shape=volume.array.shape)  # answered with a reset delta: an empty mask
 
     def prepare(self) -> int:
         self._require_image()
@@ -242,6 +244,8 @@ class RemoteSession:
         finally:
             self._busy -= 1
         self._apply(answer, shape or self.volume.array.shape, sent_seed)
+        #: the server's time for the last call: {"session": the InteractiveSession call, "report": its delta}
+        self.last_server_seconds = answer.get("seconds", {})
         return answer.get("result")
 
     def _post(self, path: str, body: dict) -> dict:
@@ -279,7 +283,8 @@ class RemoteSession:
         if not answer.get("image"):
             return
         delta = wire.MaskDelta.from_json(answer["delta"], int(np.prod(shape)))
-        self._mask = delta.apply(self._mask, tuple(shape))
+        base = None if delta.reset else self._mask
+        self._mask, self._planes = delta.apply_tracked(base, tuple(shape), None if base is None else self._planes)
         self._probability = None
         self._version = int(answer["version"])
         self._prompts = [Prompt(p["kind"], tuple(p["ijk"]), None if p["ijk_end"] is None else tuple(p["ijk_end"]),
@@ -305,17 +310,20 @@ class RemoteSession:
                 self._rebuild()
             else:
                 self._new_server_session()
+                self._instance = self.client.instance
 
     def _new_server_session(self) -> None:
         self.session_id = self.client.create_session(self.model_id, self.max_undo)
-        self._instance = self.client.instance
         self._version = -1
 
     def _rebuild(self) -> None:
         """A new server session in the state this one had: image, seed, then every prompt in order."""
-        prompts, seed = list(self._prompts), self._seed
+        if self._pending is None:  # kept until a replay succeeds: a half-done one must not shorten the history
+            self._pending = (list(self._prompts), self._seed)
+        prompts, seed = self._pending
         self._new_server_session()
         if self.volume is None:
+            self._instance, self._pending = self.client.instance, None
             return
         self._send_image(self.volume)
         if seed is not None:
@@ -326,3 +334,4 @@ class RemoteSession:
             else:
                 self._run("point", {"coord": list(p.ijk), "positive": p.kind == "positive", "space": "ijk",
                                     "view_axis": p.view_axis})
+        self._instance, self._pending = self.client.instance, None  # only now: a half-done replay is redone

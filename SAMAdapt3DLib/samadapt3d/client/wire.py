@@ -143,14 +143,26 @@ def decode_bits(obj, shape: tuple[int, ...] | None, max_voxels: int, what: str =
 
 
 # ---- mask deltas ------------------------------------------------------------------------------
+# A mask is mostly empty planes. Both sides keep which k-planes hold foreground ("occupancy"), so the server
+# compares, and the client copies, only the planes between the first and last occupied one: a click on a
+# 512 x 512 x 300 volume then costs one read of the new mask instead of two full compares and a full copy.
+
+
+def plane_occupancy(mask: np.ndarray) -> np.ndarray:
+    """Per k-plane of a bool mask: does it hold any foreground? (numpy's bool `any` is vectorised: ~2 ms for
+    512 x 512 x 300, where the same on a uint64 view takes ~12 ms)"""
+    return mask.reshape(mask.shape[0], -1).any(axis=1)
+
+
 @dataclass(frozen=True)
 class MaskDelta:
     """The new mask inside `box` ((k0, k1, j0, j1, i0, i1), half-open); outside it the mask is the base's
-    (zeros when `reset`). box None: nothing changed."""
+    (zeros when `reset`). box None: nothing changed. `planes`: the new mask's occupancy (not sent)."""
 
     box: tuple[int, int, int, int, int, int] | None
     values: np.ndarray | None
     reset: bool = False
+    planes: np.ndarray | None = None
 
     def to_json(self) -> dict:
         return {"reset": self.reset, "box": None if self.box is None else list(self.box),
@@ -167,17 +179,26 @@ class MaskDelta:
 
     def apply(self, base: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray:
         """The new mask (a new read-only array; `base` is not modified)."""
-        if self.reset or base is None:
-            out = np.zeros(shape, dtype=bool)
-        elif self.box is None:
-            return base
-        else:
-            out = base.copy()
+        return self.apply_tracked(base, shape, None)[0]
+
+    def apply_tracked(self, base: np.ndarray | None, shape: tuple[int, int, int],
+                      base_planes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(new mask, its occupancy); with `base_planes` only the occupied planes of `base` are copied."""
+        if not self.reset and base is not None and self.box is None:
+            return base, plane_occupancy(base) if base_planes is None else base_planes
+        out = np.zeros(shape, dtype=bool)  # calloc: untouched planes cost nothing
+        planes = np.zeros(shape[0], dtype=bool)
+        if not self.reset and base is not None:
+            planes = plane_occupancy(base) if base_planes is None else base_planes.copy()
+            span = _span(planes)
+            if span is not None:
+                out[span[0]:span[1]] = base[span[0]:span[1]]
         if self.box is not None:
             k0, k1, j0, j1, i0, i1 = self.box
             out[k0:k1, j0:j1, i0:i1] = self.values
+            planes[k0:k1] = plane_occupancy(out[k0:k1])
         out.setflags(write=False)
-        return out
+        return out, planes
 
 
 def _span(flags: np.ndarray) -> tuple[int, int] | None:
@@ -185,29 +206,28 @@ def _span(flags: np.ndarray) -> tuple[int, int] | None:
     return None if hits.size == 0 else (int(hits[0]), int(hits[-1]) + 1)
 
 
-def _changed_planes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """Per k-plane: does anything differ? Compared 8 voxels at a time where the plane size allows."""
-    planes = old.shape[0]
-    a, b = old.reshape(planes, -1), new.reshape(planes, -1)
-    if a.shape[1] % 8 == 0 and a.flags.c_contiguous and b.flags.c_contiguous:
-        a, b = a.view(np.uint64), b.view(np.uint64)
-    return (a != b).any(axis=1)
-
-
-def mask_delta(old: np.ndarray | None, new: np.ndarray) -> MaskDelta:
-    """What a client holding `old` (None: nothing, i.e. start from zeros) needs to get `new`."""
-    reset = old is None
+def mask_delta(old: np.ndarray | None, new: np.ndarray, old_planes: np.ndarray | None = None) -> MaskDelta:
+    """What a client holding `old` (None: nothing, i.e. start from zeros) needs to get `new`; `old_planes` is
+    old's occupancy when known (the delta's `planes` of the previous call)."""
     if old is new:
-        return MaskDelta(None, None)
+        return MaskDelta(None, None, planes=old_planes)
+    new_planes = plane_occupancy(new)
     if old is None:
-        planes = new.reshape(new.shape[0], -1).any(axis=1)
+        changed = new_planes
     else:
-        planes = _changed_planes(np.ascontiguousarray(old), np.ascontiguousarray(new))
-    k_span = _span(planes)
+        old_planes = plane_occupancy(old) if old_planes is None else old_planes
+        changed = np.zeros_like(new_planes)
+        span = _span(old_planes | new_planes)  # planes empty in both cannot differ
+        if span is not None:
+            lo, hi = span
+            a, b = np.ascontiguousarray(old[lo:hi]), np.ascontiguousarray(new[lo:hi])
+            changed[lo:hi] = plane_occupancy(a != b)
+    k_span = _span(changed)
     if k_span is None:
-        return MaskDelta(None, None, reset)
+        return MaskDelta(None, None, old is None, new_planes)
     k0, k1 = k_span
     slab = new[k0:k1] if old is None else (new[k0:k1] != old[k0:k1])
     j0, j1 = _span(slab.any(axis=(0, 2)))
     i0, i1 = _span(slab.any(axis=(0, 1)))
-    return MaskDelta((k0, k1, j0, j1, i0, i1), np.ascontiguousarray(new[k0:k1, j0:j1, i0:i1]), reset)
+    return MaskDelta((k0, k1, j0, j1, i0, i1), np.ascontiguousarray(new[k0:k1, j0:j1, i0:i1]), old is None,
+                     new_planes)

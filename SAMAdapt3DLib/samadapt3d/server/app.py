@@ -30,6 +30,8 @@ from .state import ApiError, ImageStore, ModelRegistry, ServerConfig, ServerSess
 #: a control request (prompts, geometry) is small; seeds and segment() carry a bit-packed mask on top
 CONTROL_BODY_BYTES = 1 << 20
 CLIENT_HEADER = "X-Client-Id"
+#: the most undo steps a client may ask a session to keep (each holds a packed mask and a uint8 probability)
+MAX_UNDO = 256
 #: how often idle sessions are looked for
 EXPIRY_PERIOD_S = 30.0
 
@@ -180,6 +182,8 @@ def create_app(config: ServerConfig, loader: Callable[..., Any] | None = None) -
         body = await _json(request, CONTROL_BODY_BYTES)
         model = models.get(_field(body, "model_id", str))
         max_undo = _field(body, "max_undo", int, 32)
+        if not 0 <= max_undo <= MAX_UNDO:
+            raise ApiError(400, f"max_undo must be 0..{MAX_UNDO}, got {max_undo}")
         session = await run(lambda: sessions.create(client_of(request), model, max_undo))
         return {"session_id": session.id, "model_id": model.id}
 
@@ -247,11 +251,15 @@ class _Context:
 
 def _locked(s: ServerSession, fn: Callable[[], Any], base: int | None) -> dict:
     with s.lock:
+        started = time.perf_counter()
         s.last_used = time.monotonic()
         result = fn()
+        computed = time.perf_counter()
         out = s.report(base)
         if result is not None:
             out["result"] = result
+        # what the session itself took, and the delta: a client can tell compute from transport
+        out["seconds"] = {"session": computed - started, "report": time.perf_counter() - computed}
         s.last_used = time.monotonic()
         return out
 

@@ -132,6 +132,7 @@ class ServerSession:
         self.last_used = time.monotonic()
         self.version = 0
         self._sent: np.ndarray | None = None
+        self._sent_planes: np.ndarray | None = None  # which k-planes of _sent hold foreground
         self._seed_obj: np.ndarray | None = None
         self.seed_version = 0
 
@@ -149,10 +150,11 @@ class ServerSession:
             return {"version": self.version, "image": False}
         new = s.mask
         in_step = base_version == self.version and self._sent is not None
-        delta = mask_delta(self._sent if in_step else None, new)  # a client out of step gets the mask whole
+        # a client out of step gets the mask whole
+        delta = mask_delta(self._sent if in_step else None, new, self._sent_planes if in_step else None)
         if delta.box is not None or delta.reset:
             self.version += 1
-        self._sent = new
+        self._sent, self._sent_planes = new, delta.planes
         seed = s.seed_mask
         if seed is not self._seed_obj:
             self._seed_obj, self.seed_version = seed, self.seed_version + 1
@@ -166,7 +168,7 @@ class ServerSession:
 
     def forget_sent(self) -> None:
         """After set_image: the client starts again from an empty mask."""
-        self._sent, self.version = None, self.version + 1
+        self._sent, self._sent_planes, self.version = None, None, self.version + 1
 
 
 class SessionStore:
