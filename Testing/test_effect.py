@@ -245,6 +245,7 @@ def test_3d_box_button_places_a_true_3d_roi_and_t_toggles_polarity(slicer_gui, s
     roi = effect.nodes["box"]
     assert interaction.GetCurrentInteractionMode() == interaction.Place
     assert selection.GetActivePlaceNodeID() == roi.GetID()
+    assert editor.active is not None  # placing our own box keeps the effect selected
 
     # the user draws the ROI (Slicer's place widget), then drags a handle: a box over slices k = 4..7 of the slab
     low, high = scenes.voxel_to_ras(volume, (4, 14, 12)), scenes.voxel_to_ras(volume, (7, 19, 21))
@@ -260,5 +261,11 @@ def test_3d_box_button_places_a_true_3d_roi_and_t_toggles_polarity(slicer_gui, s
     assert effect.positiveButton.checked
     effect._shortcuts[0].activated.emit()
     assert effect.negativeButton.checked and effect.scriptedEffect.parameter("Polarity") == "negative"
-    editor.activate(None)
-    assert effect._shortcuts == []  # no key bound once the effect is deselected
+
+    # placing another markup deselects the effect (as for every effect), and with it its keys
+    other = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "landmarks")
+    selection.SetActivePlaceNodeID(other.GetID())
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    interaction.SetCurrentInteractionMode(interaction.Place)
+    assert editor.active is None and effect._shortcuts == []
+    assert interaction.GetCurrentInteractionMode() == interaction.Place  # the user's placement goes on

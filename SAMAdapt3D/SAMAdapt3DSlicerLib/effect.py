@@ -357,9 +357,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         interaction.SetPlaceModePersistence(0)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
+    def interactionNodeModified(self, interactionNode):
+        """Placing our own box keeps the effect active (Slicer's default deselects an effect in place mode);
+        placing any other markup deselects it, as for every effect, so clicks go to that markup."""
+        if interactionNode.GetCurrentInteractionMode() != interactionNode.Place:
+            return
+        box = self.nodes.get("box")
+        active = slicer.app.applicationLogic().GetSelectionNode().GetActivePlaceNodeID()
+        if box is None or active != box.GetID():
+            self.scriptedEffect.selectEffect("")
+
     def stopPlacing(self):
+        """End the place mode of our box (never another markup's the user is placing)."""
         interaction = slicer.app.applicationLogic().GetInteractionNode()
-        if interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place:
+        box = self.nodes.get("box")
+        active = slicer.app.applicationLogic().GetSelectionNode().GetActivePlaceNodeID()
+        if (interaction is not None and interaction.GetCurrentInteractionMode() == interaction.Place
+                and box is not None and active == box.GetID()):
             interaction.SetCurrentInteractionMode(interaction.ViewTransform)
 
     def onClearPrompts(self):

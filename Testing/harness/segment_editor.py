@@ -217,12 +217,26 @@ class SegmentEditorHost:
         self.active = None
         self.undo_saves = 0
         self.modifications: list = []
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self._interaction_tag = (interaction, interaction.AddObserver(vtk.vtkCommand.ModifiedEvent,
+                                                                      self._on_interaction_node))
         for registered in EffectFactory.instance().registeredEffects():
             clone = registered.clone()
             clone.editor = self
             clone.self().setupOptionsFrame()
             clone.self().setMRMLDefaults()
             self.effects[clone.name] = clone
+
+    def _on_interaction_node(self, interaction, event=None) -> None:
+        """As qSlicerSegmentEditorScriptedEffect: the effect's interactionNodeModified if it has one, else the C++
+        default, which deselects the effect when a markups place mode starts."""
+        if self.active is None:
+            return
+        handler = getattr(self.active.self(), "interactionNodeModified", None)
+        if handler is not None:
+            handler(interaction)
+        elif interaction.GetCurrentInteractionMode() == interaction.Place:
+            self.activate(None)
 
     def set_segmentation(self, segmentation_node) -> None:
         self.node.SetAndObserveSegmentationNode(segmentation_node)
@@ -264,6 +278,8 @@ class SegmentEditorHost:
         self.logic.Redo()
 
     def close(self) -> None:
+        node, tag = self._interaction_tag
+        node.RemoveObserver(tag)
         self.activate(None)
         for effect in self.effects.values():
             cleanup = getattr(effect.self(), "cleanup", None)
