@@ -344,12 +344,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not self.syncContext():
             return
         self.ensurePromptNodes()
-        box = self.nodes["box"]
+        # a fresh ROI node: after RemoveAllControlPoints an ROI keeps its old (possibly zero) size, and a box placed
+        # into it comes out zero-sized
         self._updating = True
         try:
-            box.RemoveAllControlPoints()
+            slicer.mrmlScene.RemoveNode(self.nodes.pop("box"))
         finally:
             self._updating = False
+        self.ensurePromptNodes()
+        box = self.nodes["box"]
         selection = slicer.app.applicationLogic().GetSelectionNode()
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         selection.SetReferenceActivePlaceNodeClassName(box.GetClassName())
