@@ -269,3 +269,25 @@ def test_3d_box_button_places_a_true_3d_roi_and_t_toggles_polarity(slicer_gui, s
     interaction.SetCurrentInteractionMode(interaction.Place)
     assert editor.active is None and effect._shortcuts == []
     assert interaction.GetCurrentInteractionMode() == interaction.Place  # the user's placement goes on
+
+
+def test_an_oblique_volume_with_anisotropic_voxels(slicer_gui, scene, in_process_sessions):
+    """IJK -> RAS rotated 30 degrees about S, spacing (0.8, 1.2, 2.0): the click lands on the cube in world space and
+    the mask comes back on the same voxels (geometry handed to the session as LPS, written on the editor's grid)."""
+    import math
+
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(((c * 0.8, -s * 1.2, 0, 10.0), (s * 0.8, c * 1.2, 0, -5.0), (0, 0, 2.0, 3.0))):
+        for col, value in enumerate(row):
+            matrix.SetElement(r, col, value)
+    volume.SetIJKToRASMatrix(matrix)
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    editor.set_source_volume(volume)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))
+    wait_for(slicer_gui, effect_idle(effect))
+    cube = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    cube[scenes.CUBE] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), cube), effect.lastStatus
