@@ -36,3 +36,6 @@ class SliceConfig:
     cut_dilation: int = 1
     #: a shrunk box stops this many pixels before a negative click (cuts of one object by the model)
     shrink_gap: int = 1
+    #: a positive click outside the mask but within this fraction of the slice's longer side of a mask component
+    #: corrects that component: its slice is re-prompted with the box of component + click
+    extend_reach: float = 0.25

@@ -199,6 +199,32 @@ class _Walk:
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 
+    def extended_object(self, fold: _Fold, k: int, r: int, c: int) -> SliceObject | None:
+        """A positive click just outside a mask component (a missed part of it): the slice re-prompted with the box
+        of the component plus the click, propagated while it adds to the mask; None when no component is near or
+        the model's mask misses the click."""
+        current = fold.prob > 0.5
+        if not self.in_range(k) or current[k, r, c] or not current[k].any():
+            return None
+        labels = label_components(current[k])
+        rr, cc = np.nonzero(labels)
+        dist = (rr - r) ** 2 + (cc - c) ** 2
+        nearest = int(np.argmin(dist))
+        if dist[nearest] > (self.cfg.extend_reach * max(self.plane)) ** 2:
+            return None
+        comp = labels == labels[rr[nearest], cc[nearest]]
+        comp[r, c] = True
+        box = grow_box(bbox_2d(comp), self.cfg.box_margin, self.plane, self.plane_box())
+        self.tick(f"click on slice {k}")
+        logits, _ = self.predict(k, [box])
+        mask = logits[0] > 0
+        if not mask[r, c]:
+            return None
+        obj: SliceObject = {}
+        self.keep(obj, k, logits[0], mask)
+        self.propagate(obj, k, mask, adds_to=current)
+        return obj
+
     def excluded_object(self, k: int, r: int, c: int) -> tuple[dict]:
         def make():
             obj: dict = {}
@@ -263,9 +289,11 @@ class _Walk:
         top = max(s[0] for s in scored)
         return min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])[2]
 
-    def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False) -> None:
+    def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
+                  adds_to: np.ndarray | None = None) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
-        the bool mask with `masks_only`)."""
+        the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
+        to it: a correction propagates only its change."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -294,6 +322,8 @@ class _Walk:
                     level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
                     if abs(level - ref) > cfg.max_level_change:
                         break  # another tissue: the object has ended
+                if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
+                    break  # nothing new here: the correction has ended
                 if masks_only:
                     obj[k] = mask
                 else:
@@ -316,7 +346,9 @@ class _Walk:
 
     def add(self, fold: _Fold, voxel: tuple[int, int, int]) -> None:
         k, r, c = voxel
-        (obj,) = self.click_object(k, r, c)
+        obj = self.extended_object(fold, k, r, c)
+        if obj is None:
+            (obj,) = self.click_object(k, r, c)
         found = np.zeros(self.shape, np.float32)
         for kk, p in obj.items():
             found[kk] = p
