@@ -205,6 +205,7 @@ class SAMAdapt3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(self._parameterNode.parameterNode):
             self._parameterNode.model = self.ui.modelComboBox.currentData or DEFAULT_MODEL
             self._parameterNode.device = self.ui.deviceComboBox.currentText or "auto"
+        self.logic.chooseModel(self._parameterNode.model, self._parameterNode.device)
         self.applyServerSettings()  # the device is the server's
 
     def onSamCheckpointChanged(self, path):

@@ -116,3 +116,19 @@ def test_a_users_session_pick_create_segment_undo_close_reload(slicer_gui, scene
     slicer_gui.pump(0.1)
     err = capfd.readouterr().err
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_the_modules_model_and_device_reach_the_effect_and_are_remembered(slicer_gui, scene):
+    from SAMAdapt3DSlicerLib import effect_session
+
+    loaded = slicer_gui.load_module(MODULE_DIR / "SAMAdapt3D.py")
+    ui = loaded.widget.ui
+    try:
+        ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findText("cpu"))
+        assert effect_session.model_choice()[1] == "cpu"
+        import slicer
+
+        assert slicer.app.settings().value("SAMAdapt3D/Device") == "cpu"
+        assert slicer.app.settings().value("SAMAdapt3D/Model") == effect_session.model_choice()[0]
+    finally:
+        effect_session.set_model_choice(effect_session.DEFAULT_MODEL)

@@ -18,6 +18,7 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from SAMAdapt3DSlicerLib import dependencies, downloads, server_control
+from SAMAdapt3DSlicerLib.effect_session import DEFAULT_MODEL  # one name on the Slicer side (no torch here)
 
 try:
     from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -27,7 +28,6 @@ except ImportError:  # Slicer < 5.2
 #: the module folder (SAMAdapt3D/), one above this package
 MODULE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = ("auto", "cuda", "mps", "cpu")
-DEFAULT_MODEL = "litemedsam"
 #: how often the main thread looks at worker results (ms)
 POLL_MS = 100
 
@@ -70,6 +70,9 @@ def installSavedServer():
     control = server_control.shared(slicer_python())
     control.configure(savedServerSettings(control.settings.device))
     effect_session.set_session_opener(control.session_opener)
+    settings = slicer.app.settings()
+    saved = [settings.value(SAMAdapt3DLogic.SETTINGS + key) for key in ("Model", "Device")]
+    effect_session.set_model_choice(saved[0] or DEFAULT_MODEL, saved[1] or "auto")
 
 
 class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
@@ -113,6 +116,15 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
 
     def setSetting(self, key, value):
         slicer.app.settings().setValue(self.SETTINGS + key, value)
+
+    def chooseModel(self, model, device="auto"):
+        """The effect's next session uses this model and device; remembered for the next start of Slicer."""
+        from SAMAdapt3DSlicerLib import effect_session
+
+        model, device = model or DEFAULT_MODEL, device or "auto"
+        self.setSetting("Model", model)
+        self.setSetting("Device", device)
+        effect_session.set_model_choice(model, device)
 
     def modelsFolder(self):
         return self.setting("ModelsFolder") or os.path.join(os.path.expanduser("~"), "SAMAdapt3D-models")
