@@ -39,12 +39,27 @@ def ct(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0])
-def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path, ct, delay):
+def _wait_for_library(pid: int, name: str, timeout: float = 120.0) -> None:
+    """Until the process has mapped a shared library whose path contains `name` (it is importing that module)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if name in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"the child never loaded {name}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see what the child imports")
+@pytest.mark.parametrize("importing", ["numpy", "libtorch"])
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path, ct, importing):
+    """Ctrl-C sent as soon as the child starts importing numpy (just after the CLI's first lines) or torch."""
     out = tmp_path / "mask.nrrd"
     child = subprocess.Popen([sys.executable, "-m", "samadapt3d", "segment", str(ct), "-o", str(out),
                               "--point-ijk", "5,5,3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
+    _wait_for_library(child.pid, importing)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
