@@ -111,13 +111,19 @@ def test_mask_deltas_rebuild_any_mask_and_their_box_is_tight():
     rng = np.random.default_rng(0)
     shape = (9, 10, 16)
     old = rng.random(shape) > 0.7
+    old[:2] = old[-3:] = False  # empty planes at both ends, as most masks have
     for _ in range(20):
         new = old.copy()
         lo = rng.integers(0, shape)
         hi = lo + rng.integers(1, 4, 3)
         new[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] ^= True
-        delta = wire.MaskDelta.from_json(wire.mask_delta(old, new).to_json(), new.size)
+        old_planes = old.reshape(shape[0], -1).any(axis=1)
+        sent = wire.mask_delta(old, new, old_planes)
+        assert np.array_equal(sent.planes, new.reshape(shape[0], -1).any(axis=1))
+        delta = wire.MaskDelta.from_json(sent.to_json(), new.size)
         assert np.array_equal(delta.apply(old, shape), new)
+        tracked, planes = delta.apply_tracked(old, shape, old_planes)  # copies only the occupied planes
+        assert np.array_equal(tracked, new) and np.array_equal(planes, sent.planes)
         changed = np.argwhere(old != new)
         assert delta.box == (*sum(zip(changed.min(0), changed.max(0) + 1), ()),)
         assert np.array_equal(wire.MaskDelta.from_json(wire.mask_delta(None, new).to_json(), new.size)
