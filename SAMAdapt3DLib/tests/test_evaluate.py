@@ -292,3 +292,32 @@ def test_scaling_benchmark_counts_decoder_runs(registry, capsys):
     assert [int(r[0]) for r in rows] == [1, 4]
     for r in rows:
         assert int(r[2]) >= 1 and int(r[4]) == 0  # the positive decodes; a negative added later decodes nothing
+
+
+def _evaluate_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    import os
+
+    import torch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    models.FAMILY_MODULES = models.FAMILY_MODULES + ("test_evaluate_models",)
+    assert main(["evaluate", "--data", data, "--out", out, "--model", "toy-crop", "--device", "cpu", "--quiet",
+                 "--clicks", "2"]) == 0
+
+
+def test_torchrun_style_sharding_merges_every_case(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    data = write_cases(tmp_path / "data", n=3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_evaluate_worker, args=(2, port, str(data / "cases.csv"), str(tmp_path / "out")), nprocs=2, join=True)
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert sorted((r["case"], r["class"]) for r in rows) == [(f"case{c}", f"label {n}") for c in range(3) for n in (1, 2)]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["processes"] == 2
+    assert not list((tmp_path / "out").glob(".evaluate-shard-*"))  # the shards are merged and removed

@@ -98,24 +98,31 @@ def run(args: argparse.Namespace) -> int:
         rows: list[Row] = []
         from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), desc="evaluate", unit="case", disable=args.quiet or not info.is_main,
+        # one tick per object; a case counts as one until its label file says how many objects it holds
+        bar = tqdm(total=len(mine), desc="evaluate", unit="object", disable=args.quiet or not info.is_main,
                    file=sys.stderr)
         for case in mine:
             volume = Volume.from_file(case.image)
             labels = read_labels(case.label)
             session.set_image(volume)
             spacing_kji = tuple(float(s) for s in volume.spacing[::-1])
-            for segment in _wanted(labels.segments, classes):
+            wanted = _wanted(labels.segments, classes)
+            bar.total += len(wanted) - 1
+            bar.refresh()
+            for segment in wanted:
                 # a label file on another grid (a Slicer .seg.nrrd keeps its own extent) is moved onto the image's
                 truth = mask_on_grid(labels.layers[segment.layer].array == segment.label_value, labels.grid, volume)
                 if not truth.any():
+                    bar.update(1)
                     continue
                 result = run_object(session, truth, spacing_kji, object_rng(args.seed, case.name, segment.label_value),
                                     clicks=args.clicks, clicks_only=args.clicks_only,
                                     frame=PromptFrame(volume, args.canonical))
                 rows.append(Row(case.name, segment.name, result, int(truth.sum())))
-                bar.set_postfix_str(f"{segment.name[:16]} Dice {result.final_dice:.3f}")
-            bar.update(1)
+                bar.set_postfix_str(f"{case.name[:12]} {segment.name[:16]} Dice {result.final_dice:.3f}")
+                bar.update(1)
+            if not wanted:
+                bar.update(1)
         bar.close()
         rows = _gather(rows, Path(args.out), info)
         if not info.is_main:
