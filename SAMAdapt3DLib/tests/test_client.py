@@ -114,3 +114,13 @@ def test_serve_refuses_a_public_address_without_a_token():
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.strip() == ("samadapt3d: error: refusing to serve on 0.0.0.0 (not loopback) without a token: "
                                   "give --token-file")
+
+
+def test_another_python_does_not_inherit_this_interpreters_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYTHONHOME", "/slicer/lib/python")
+    monkeypatch.setenv("PYTHONPATH", "/slicer/site-packages")
+    monkeypatch.setenv("SAMADAPT3D_KEPT", "yes")
+    other = LocalServer(python=str(tmp_path / "python3"), env={"PYTHONPATH": "/mine"}).child_env()
+    assert "PYTHONHOME" not in other and other["PYTHONPATH"] == "/mine" and other["SAMADAPT3D_KEPT"] == "yes"
+    same = LocalServer(python=sys.executable).child_env()
+    assert same["PYTHONHOME"] == "/slicer/lib/python" and same["PYTHONPATH"] == "/slicer/site-packages"

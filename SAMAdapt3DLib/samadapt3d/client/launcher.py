@@ -26,6 +26,8 @@ STOP_TIMEOUT_S = 5.0
 DEATH_WAIT_S = 1.0
 HEALTH_POLL_S = 0.05
 _PORT = re.compile(r"port (\d+)")
+#: variables that point an interpreter at its own library; not passed on to a different Python
+FOREIGN_ENV = ("PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONSTARTUP")
 
 
 class LocalServer:
@@ -94,10 +96,18 @@ class LocalServer:
                 "--token-file", str(self._dir / "token"), "--device", self.device, "--exit-with-stdin",
                 *self.extra_args]
 
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if os.path.realpath(self.python) != os.path.realpath(sys.executable):
+            for name in FOREIGN_ENV:  # this interpreter's (e.g. Slicer's) settings would break another Python
+                env.pop(name, None)
+        env.update(self.env or {})
+        return env
+
     def _spawn(self) -> str:
         """Start the child; its URL once it answers /health. ServerError (with its log) when it does not."""
         log_path = self._dir / f"serve-{self.restarts}.log"
-        env = dict(os.environ, **(self.env or {}))
+        env = self.child_env()
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                             stderr=log, env=env)
@@ -125,7 +135,12 @@ class LocalServer:
                           "StartupError")
 
     def _why(self, log_path: Path, first: str | None) -> str:
-        code = None if self.process is None else self.process.poll()
+        code = None
+        if self.process is not None:
+            try:  # its output ended: give it a moment to be seen exiting
+                code = self.process.wait(timeout=DEATH_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:] if log_path.exists() else []
         state = "still running" if code is None else f"exit status {code}"
         said = "; ".join(line.strip() for line in tail if line.strip()) or (first or "").strip() or "no output"
