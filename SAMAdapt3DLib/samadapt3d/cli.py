@@ -21,7 +21,15 @@ def _interrupted_early(signum, frame) -> None:
     os._exit(130)
 
 
-if threading.current_thread() is threading.main_thread() and \
+def _is_the_program() -> bool:
+    """Run as `samadapt3d` / `python -m samadapt3d[.cli]`, not imported by other code (tests, Slicer)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    name, folder = os.path.basename(argv0), os.path.basename(os.path.dirname(argv0))
+    return (__name__ == "__main__" or os.path.splitext(name)[0] in ("samadapt3d", "samadapt3d-script")
+            or (name in ("__main__.py", "cli.py") and folder == "samadapt3d"))
+
+
+if _is_the_program() and threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGINT) is signal.default_int_handler:
     signal.signal(signal.SIGINT, _interrupted_early)
 

@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from samadapt3d.volume import Volume
@@ -86,9 +85,11 @@ def test_sigterm_and_sighup_during_segment(tmp_path, ct, signum):
 
 
 def test_the_cli_module_loads_numpy_only_after_its_handler(tmp_path):
-    """The handler is installed before anything slow is imported (the package import is torch-free)."""
-    code = ("import signal, sys; import samadapt3d.cli as c; "
+    """As the program, the handler is installed before anything slow is imported (the package import is torch-free);
+    imported by other code (tests, Slicer), the module leaves Ctrl-C alone."""
+    code = ("import signal, sys; sys.argv[0] = {argv0!r}; import samadapt3d.cli as c; "
             "print(signal.getsignal(signal.SIGINT) is c._interrupted_early, 'torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.stdout.split() == ["True", "False"], result.stderr
-    assert np.isfinite(1.0)
+    for argv0, installed in (("/usr/local/bin/samadapt3d", "True"), ("-c", "False")):
+        result = subprocess.run([sys.executable, "-c", code.format(argv0=argv0)], capture_output=True, text=True,
+                                timeout=120)
+        assert result.stdout.split() == [installed, "False"], result.stderr
