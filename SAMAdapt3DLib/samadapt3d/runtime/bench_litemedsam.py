@@ -117,6 +117,82 @@ def bench_parity(args) -> list[tuple[str, str]]:
     return rows
 
 
+def clinical_volume(depth: int, side: int = 512):
+    """The demo CT resampled (trilinear) to side x side x depth voxels, spacing scaled to match, with its labels."""
+    from ..demo import load_demo_case
+    from ..volume import Volume
+
+    volume, truth = load_demo_case()
+    src = torch.from_numpy(volume.array.astype(np.float32))[None, None]  # [1, 1, k, j, i]
+    array = torch.nn.functional.interpolate(src, size=(depth, side, side), mode="trilinear",
+                                            align_corners=False)[0, 0].numpy()
+    factors = np.asarray(volume.array.shape[::-1], float) / np.asarray((side, side, depth), float)
+    spacing = tuple(float(s) * f for s, f in zip(volume.spacing, factors))
+    labels = {}
+    for name, mask in truth.items():
+        m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+        labels[name] = torch.nn.functional.interpolate(m, size=(depth, side, side), mode="trilinear",
+                                                       align_corners=False)[0, 0].numpy() > 0.5
+    return Volume(array, spacing=spacing, origin=volume.origin, direction=volume.direction), labels, factors
+
+
+def bench_session(args) -> list[tuple[str, str]]:
+    """A clinical-size session: whole-CT embedding, a first click with the outward prefetch, a warm click,
+    a second session reading the on-disk cache; peak RSS."""
+    from ..demo import DEMO_CLICKS, dice
+    from ..engines.embedding_cache import DiskEmbeddingStore
+    from ..models import load_model
+    from ..session import InteractiveSession
+
+    device = resolve_device(args.device)
+    model = load_model("litemedsam", device=device, precision=args.precision)
+    volume, labels, factors = clinical_volume(args.session)
+    name = "right lung"
+    click = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS[name], factors))
+    rows = [("machine", _machine(device)), ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k), "
+                                                      f"backend {model.backend()}")]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = DiskEmbeddingStore(Path(tmp))
+        session = InteractiveSession(model)
+        session.engine.embeddings._disk = store
+        session.set_image(volume)
+        axis = session.engine.default_axis()
+        centre = int(round(click[2]))  # the slicing (k) axis
+        start = time.perf_counter()
+        session.engine.embeddings.prefetch(axis, centre)
+        mask = np.asarray(session.add_point(click, positive=True, space="ijk")) > 0
+        first = time.perf_counter() - start
+        rows.append(("first click (prefetch from the clicked slice)",
+                     f"{first:.1f} s, Dice {dice(mask, labels[name]):.3f}, {session.engine.stats['embedded']} "
+                     f"slices embedded by then"))
+        while session.engine.embeddings.prefetching():
+            time.sleep(0.2)
+        whole = time.perf_counter() - start
+        rows.append(("whole CT embedded (from the first click)", f"{whole:.1f} s for {args.session} slices "
+                     f"({session.engine.embeddings.used_bytes / 2**20:.0f} MiB in memory)"))
+        session.reset()
+        start = time.perf_counter()
+        mask = np.asarray(session.add_point(click, positive=True, space="ijk")) > 0
+        rows.append(("warm click (all embedded)", f"{time.perf_counter() - start:.1f} s"))
+        restarted = InteractiveSession(model)  # a new process would see the same disk store
+        restarted.engine.embeddings._disk = store
+        restarted.set_image(volume)
+        start = time.perf_counter()
+        restarted.engine.warm_up(axis=axis)
+        rows.append(("new session, disk cache", f"{time.perf_counter() - start:.1f} s to load {args.session} slices, "
+                     f"{restarted.engine.stats['embedded']} embedded"))
+    rows.append(("peak RSS", _peak_rss()))
+    return rows
+
+
+def _peak_rss() -> str:
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"{(rss if sys.platform == 'darwin' else rss * 1024) / 2**30:.2f} GiB (ru_maxrss)"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -139,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity", action="store_true",
                         help="instead: every demo structure's click with fp32 and --precisions, Dice to fp32")
     parser.add_argument("--precisions", default="auto,bf16", help="with --parity: precisions compared to fp32")
+    parser.add_argument("--session", type=int, default=0, metavar="DEPTH",
+                        help="instead: a session on the demo CT resampled to 512x512xDEPTH (issue: 300)")
+    parser.add_argument("--precision", default="auto", help="with --session: the encoder precision")
     args = parser.parse_args(argv)
-    rows = bench_parity(args) if args.parity else bench_encoders(args)
+    rows = bench_parity(args) if args.parity else bench_session(args) if args.session else bench_encoders(args)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
