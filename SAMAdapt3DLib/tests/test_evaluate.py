@@ -321,3 +321,22 @@ def test_torchrun_style_sharding_merges_every_case(tmp_path):
     assert sorted((r["case"], r["class"]) for r in rows) == [(f"case{c}", f"label {n}") for c in range(3) for n in (1, 2)]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["processes"] == 2
     assert not list((tmp_path / "out").glob(".evaluate-shard-*"))  # the shards are merged and removed
+
+
+def test_a_label_file_on_its_own_extent_is_moved_onto_the_image_grid(tmp_path, registry):
+    arr = np.zeros((10, 30, 32), np.float32)
+    arr[2:8, 5:20, 6:25] = 100
+    vol = Volume(arr, spacing=(0.8, 0.9, 2.0), origin=(1, 2, 3))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    vol.save(folder / "ct.nii.gz")
+    # the label saved on a sub-extent (as Slicer does for a .seg.nrrd): voxels [1:9, 3:22, 4:27] of the image
+    sub = (arr[1:9, 3:22, 4:27] == 100).astype(np.uint8)
+    origin = vol.index_to_physical(np.array([4.0, 3.0, 1.0]), "lps").reshape(3)
+    Volume(sub, vol.spacing, origin, vol.direction).save(folder / "ct_label.nii.gz")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--data", str(folder), "--out", str(out), "--model", "toy-crop", "--quiet",
+                 "--clicks", "1"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["class"], int(r["voxels"])) for r in rows] == [("label 1", int((arr == 100).sum()))]
+    assert float(rows[0]["final_dice"]) == 1.0
