@@ -412,9 +412,11 @@ def _read_seed(path: str, segment: str | None, volume, max_mb: float | None) -> 
         raise InputError(f"{what} is empty: nothing to refine")
     moved = mask_on_grid(mask, labels.grid, volume)
     if not moved.any():
+        def where(grid) -> str:
+            return f"size {grid.size_ijk}, origin {tuple(round(float(v), 2) for v in grid.origin)}"
+
         raise InputError(f"{what} does not overlap the image: its {int(mask.sum())} voxels lie outside it "
-                         f"(mask grid size {labels.grid.size_ijk}, origin {tuple(round(float(v), 2) for v in labels.grid.origin)}; "
-                         f"image size {volume.size_ijk}, origin {tuple(round(float(v), 2) for v in volume.origin)})")
+                         f"(mask grid {where(labels.grid)}; image {where(volume)})")
     return moved
 
 

@@ -40,7 +40,8 @@ def slicerio_data_dir() -> Path:
         from .errors import SAMAdapt3DError
 
         raise SAMAdapt3DError('the demo CT and its labels come with the slicerio wheel, which is not installed; '
-                              'install it from the clone with: pip install -e "SAMAdapt3DLib[demo]"   (or: pip install slicerio)')
+                              'install it from the clone with: pip install -e "SAMAdapt3DLib[demo]"   '
+                              '(or: pip install slicerio)')
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 

@@ -99,7 +99,7 @@ def test_gzip_cut_mid_stream_is_refused(tmp_path, no_model_load, capsys):
                                              "1,1,1"])
 
 
-# ---- 3. memory bombs --------------------------------------------------------------------------------------------------
+# ---- 3. memory bombs -------------------------------------------------------------------------------------------------
 def nrrd_bomb(path, sizes=(2000, 2000, 1000), encoding="raw", payload=b""):
     header = (f"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\n"
               f"sizes: {sizes[0]} {sizes[1]} {sizes[2]}\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n"
@@ -136,7 +136,7 @@ def test_volume_reader_checks_the_limit_itself(tmp_path):
         Volume.from_file(nrrd_bomb(tmp_path / "bomb.nrrd"))
 
 
-# ---- 6. messages that mislead -----------------------------------------------------------------------------------------
+# ---- 6. messages that mislead ----------------------------------------------------------------------------------------
 def test_dicom_folder_says_dicom_series_are_not_read(tmp_path, no_model_load, capsys):
     folder = tmp_path / "series"
     folder.mkdir()

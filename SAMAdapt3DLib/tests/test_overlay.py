@@ -13,7 +13,7 @@ SHAPE = (12, 20, 24)  # k, j, i
 
 
 def volume_with_blob(direction, where_lps):
-    """A CT-like volume (air, body at 40 HU, a bone voxel) whose blob (a 3x3x3 cube) sits at the LPS point `where_lps`."""
+    """A CT-like volume (air, body at 40 HU, a bone voxel) with a 3x3x3 blob at the LPS point `where_lps`."""
     array = np.full(SHAPE, -1000.0, np.float32)
     array[1:-1, 2:-2, 2:-2] = 40.0
     array[0, 0, 0] = 1000.0  # some bone: a CT, shown in the soft-tissue window
