@@ -241,9 +241,13 @@ def test_segment_written_on_the_right_voxels_and_round_trips(scene, geometry):
     lab = bridge.volume_from_node(labelmap)
     assert lab.same_geometry(volume, tol=1e-6)
     assert np.array_equal(lab.array != 0, mask)
-    # round trip mask -> segment -> mask -> segment is stable
-    again = bridge.write_segment_mask(seg, sid, back, node)
-    assert again.changed == 0 and np.array_equal(bridge.segment_mask(seg, sid, node), mask)
+    # writing back what was read changes nothing; a one-voxel edit changes exactly that voxel
+    assert bridge.write_segment_mask(seg, sid, back, node).changed == 0
+    edited = back.copy()
+    edited[6, 8, 5] = False  # the ball's centre
+    again = bridge.write_segment_mask(seg, sid, edited, node)
+    assert again.changed == 1 and again.voxels == mask.sum() - 1
+    assert np.array_equal(bridge.segment_mask(seg, sid, node), edited)
 
 
 def test_segmentation_without_geometry_gets_the_volumes(scene):
