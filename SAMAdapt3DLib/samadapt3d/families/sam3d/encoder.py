@@ -68,8 +68,8 @@ def window_unpartition_3d(windows: torch.Tensor, window: int, grid: tuple[int, i
     return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, h, w, d, -1)
 
 
-def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> torch.Tensor:
-    """Swin mask [nW, window³, window³]: 0 within a region of the rolled grid, -100 across regions."""
+def shifted_window_regions(grid: tuple[int, int, int], window: int, shift: int) -> torch.Tensor:
+    """Swin region id [nW, window³] of every token of every window of the rolled grid."""
     regions = torch.zeros(1, *grid, 1)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -78,9 +78,23 @@ def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> 
             for sd in bounds:
                 regions[:, sh, sw, sd, :] = label
                 label += 1
-    ids = window_partition_3d(regions, window).squeeze(-1)  # [nW, window³]
+    return window_partition_3d(regions, window).squeeze(-1).to(torch.int16)
+
+
+def region_mask(ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[nW', window³, window³]: 0 within a region, SHIFT_MASK_VALUE across regions, for ids [nW', window³]."""
     differ = ids.unsqueeze(1) != ids.unsqueeze(2)
-    return torch.zeros(differ.shape).masked_fill(differ, SHIFT_MASK_VALUE)
+    return torch.zeros(differ.shape, dtype=dtype, device=ids.device).masked_fill_(differ, SHIFT_MASK_VALUE)
+
+
+def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> torch.Tensor:
+    """Swin mask [nW, window³, window³] as the published files store it (built on demand, never held)."""
+    return region_mask(shifted_window_regions(grid, window, shift))
+
+
+#: attention logits computed at once, in bytes: a few windows at a time instead of all 64 windows of a 128³
+#: crop (0.8 GB per block), so the transient buffers stay small, are reused, and stay in the allocator
+ATTENTION_CHUNK_BYTES = 32 << 20
 
 
 class WindowAttention3D(nn.Module):
@@ -88,6 +102,8 @@ class WindowAttention3D(nn.Module):
 
     SAM's frozen rel_pos_h / rel_pos_w (and the trainable rel_pos_d) are resampled to the window at
     run time; their sum is scaled by the frozen scalar `lr` (1 in the published files).
+    Speed: the windows run a few at a time; the relative-position terms (q·R per axis, small) and the
+    shift mask are added in place to the logits by broadcasting, so no [windows, n, n] bias is built.
     """
 
     def __init__(self, dim: int, num_heads: int, table_size: int) -> None:
@@ -102,31 +118,45 @@ class WindowAttention3D(nn.Module):
         self.rel_pos_d = nn.Parameter(torch.zeros(2 * table_size - 1, head_dim))
         self.lr = nn.Parameter(torch.tensor(1.0))
 
-    def relative_bias(self, q: torch.Tensor, window: int) -> torch.Tensor:
-        """lr * (q·R_h + q·R_w + q·R_d) as [B', window³, window³] for q [B', window³, C]."""
-        bw = q.shape[0]
-        r_q = q.reshape(bw, window, window, window, -1)
-        rel_h = torch.einsum("bhwdc,hkc->bhwdk", r_q, get_rel_pos(window, window, self.rel_pos_h))
-        rel_w = torch.einsum("bhwdc,wkc->bhwdk", r_q, get_rel_pos(window, window, self.rel_pos_w))
-        rel_d = torch.einsum("bhwdc,dkc->bhwdk", r_q, get_rel_pos(window, window, self.rel_pos_d))
-        bias = (
-            rel_h[..., :, None, None] + rel_w[..., None, :, None] + rel_d[..., None, None, :]
-        )  # [B', h, w, d, kh, kw, kd]
-        return (self.lr * bias).reshape(bw, window**3, window**3)
+    def _add_relative(self, attn: torch.Tensor, q: torch.Tensor, tables: list[torch.Tensor], window: int) -> torch.Tensor:
+        """attn [m, n, n] + lr * (q·R_h + q·R_w + q·R_d) for q [m, n, hd], without an [m, n, n] bias."""
+        m = q.shape[0]
+        r_q = (q * self.lr).reshape(m, window, window, window, -1)
+        rel_h = torch.einsum("bhwdc,hkc->bhwdk", r_q, tables[0])
+        rel_w = torch.einsum("bhwdc,wkc->bhwdk", r_q, tables[1])
+        rel_d = torch.einsum("bhwdc,dkc->bhwdk", r_q, tables[2])
+        plane = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(m, window**3, window**2, 1)
+        out = attn.view(m, window**3, window**2, window)
+        if torch.is_grad_enabled():  # training: out of place, autograd keeps the inputs it needs
+            return (out + plane + rel_d.reshape(m, window**3, 1, window)).view(m, window**3, window**3)
+        out.add_(plane).add_(rel_d.reshape(m, window**3, 1, window))
+        return attn
 
-    def forward(self, x: torch.Tensor, window: int, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: windows [B * nW, window³, C]; mask: [nW, window³, window³] or None."""
+    def forward(self, x: torch.Tensor, window: int, regions: torch.Tensor | None,
+                boundary: torch.Tensor | None = None) -> torch.Tensor:
+        """x: windows [B * nW, window³, C]; regions: shift-region ids [nW, window³] or None; boundary [nW]
+        (bool): windows holding more than one region (the others need no mask)."""
         bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, bw * self.num_heads, n, -1).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn = attn + self.relative_bias(q, window)
-        attn = attn.view(bw, self.num_heads, n, n)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = (attn.view(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]).view(bw, self.num_heads, n, n)
-        out = attn.softmax(dim=-1) @ v.view(bw, self.num_heads, n, -1)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, c))
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(bw, n, 3, heads, -1).permute(2, 0, 3, 1, 4)  # [3, bw, heads, n, hd]
+        q, k, v = qkv.unbind(0)
+        tables = [get_rel_pos(window, window, t) for t in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_d)]
+        per = max(1, ATTENTION_CHUNK_BYTES // (heads * n * n * x.element_size()))
+        nw = 1 if regions is None else regions.shape[0]
+        outs = []
+        for start in range(0, bw, per):
+            stop = min(bw, start + per)
+            qc = q[start:stop].reshape(-1, n, q.shape[-1])
+            attn = torch.matmul(qc * self.scale, k[start:stop].reshape(-1, n, q.shape[-1]).transpose(-2, -1))
+            attn = self._add_relative(attn, qc, tables, window).view(stop - start, heads, n, n)
+            if regions is not None:
+                index = torch.arange(start, stop, device=regions.device) % nw  # windows are batch-major
+                if boundary is None or bool(boundary[index].any()):
+                    mask = region_mask(regions[index], attn.dtype)[:, None]
+                    attn = attn + mask if torch.is_grad_enabled() else attn.add_(mask)
+            outs.append(torch.matmul(attn.softmax(dim=-1), v[start:stop]).transpose(1, 2))  # [cw, n, heads, hd]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return self.proj(out.reshape(bw, n, c))
 
 
 class Block3D(nn.Module):
@@ -143,9 +173,25 @@ class Block3D(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, int(dim * config.mlp_ratio))
         self.adapter = Adapter(dim, dim // 2)
-        # The published files store this mask; we rebuild it (see checkpoint.py), so it is not persistent.
-        mask = shifted_window_mask(config.token_grid_hwd, self.window, self.shift) if self.shift else None
-        self.register_buffer("attn_mask", mask, persistent=False)
+        self.grid = config.token_grid_hwd
+        # Region ids (small integers), not the published [nW, n, n] float mask (67 MB per shifted block of a
+        # 128³ crop): the mask of a few windows is built when they run. Not persistent (see checkpoint.py).
+        # Plain attributes, not buffers (DDP would broadcast them, and gloo has no int16/bool); moved to the
+        # input's device when used (`_shift_regions`).
+        self.window_regions = shifted_window_regions(self.grid, self.window, self.shift) if self.shift else None
+        regions = self.window_regions
+        self.window_boundary = None if regions is None else (regions != regions[:, :1]).any(dim=1)
+
+    def _shift_regions(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.window_regions is not None and self.window_regions.device != device:
+            self.window_regions = self.window_regions.to(device)
+            self.window_boundary = self.window_boundary.to(device)  # type: ignore[union-attr]
+        return self.window_regions, self.window_boundary
+
+    @property
+    def attn_mask(self) -> torch.Tensor | None:
+        """The published shift mask of this block (built on demand for checkpoint files; never held)."""
+        return None if self.window_regions is None else region_mask(self.window_regions.cpu())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, H, W, D, C]
         x = self.adapter(x)
@@ -154,7 +200,7 @@ class Block3D(nn.Module):
         grid = tuple(x.shape[1:4])
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift,) * 3, dims=(1, 2, 3))
-        x = self.attn(window_partition_3d(x, self.window), self.window, self.attn_mask)
+        x = self.attn(window_partition_3d(x, self.window), self.window, *self._shift_regions(x.device))
         x = window_unpartition_3d(x, self.window, grid)  # type: ignore[arg-type]
         if self.shift:
             x = torch.roll(x, shifts=(self.shift,) * 3, dims=(1, 2, 3))

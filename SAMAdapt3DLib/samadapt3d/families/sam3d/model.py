@@ -19,6 +19,7 @@ from torch import nn
 from ...errors import InputError
 from ...preprocess import Preset
 from ..base import CropModel
+from .allocator import keep_freed_memory
 from .config import Sam3DAdapterConfig
 from .decoder import MLADecoder
 from .encoder import ImageEncoder3D
@@ -72,6 +73,7 @@ class SAM3DAdapter(CropModel):
         from .presets import GENERIC_CT
 
         super().__init__(preset or GENERIC_CT)
+        keep_freed_memory()  # once per process: the forward's transient buffers stay in the allocator
         self.config = config or Sam3DAdapterConfig()
         self.crop_size = self.config.crop_size
         self.image_encoder = ImageEncoder3D(self.config)
