@@ -54,7 +54,8 @@ def bench_encoders(args) -> list[tuple[str, str]]:
     device = resolve_device(args.device)
     model = load_model("litemedsam", device=device, precision="fp32")
     slices = _real_slices(args.slices)
-    inputs = [model.preprocess_slice(s)[0][None].to(device) for s in slices]
+    inputs = [model.preprocess_slice(s)[0][None].expand(args.batch, -1, -1, -1).contiguous().to(device)
+              for s in slices]  # --batch: the slice repeated, timed per slice
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         runners = _candidates(model, device, args.candidates.split(","), Path(tmp))
@@ -72,11 +73,12 @@ def bench_encoders(args) -> list[tuple[str, str]]:
                         t0, c0 = time.perf_counter(), time.process_time()
                         y = run(x)
                         _sync(device)
-                        times[name].append(time.perf_counter() - t0)
-                        cpu[name].append(time.process_time() - c0)
+                        times[name].append((time.perf_counter() - t0) / args.batch)
+                        cpu[name].append((time.process_time() - c0) / args.batch)
                         if len(outputs[name]) < len(inputs):
-                            outputs[name].append(y.float().cpu())
-    rows = [("machine", _machine(device)), ("setup (exports, compiles)", f"{setup:.1f} s")]
+                            outputs[name].append(y[:1].float().cpu())
+    rows = [("machine", _machine(device)), ("setup (exports, compiles)", f"{setup:.1f} s"),
+            ("batch", f"{args.batch} slice(s) per encoder call, times per slice")]
     for name in runners:
         err = max(float((a - b).abs().max()) for a, b in zip(outputs[name], outputs["torch-fp32"]))
         rows.append((name, f"{statistics.median(times[name]):.3f} s/slice median of {len(times[name])} "
@@ -171,9 +173,11 @@ def bench_session(args) -> list[tuple[str, str]]:
         rows.append(("whole CT embedded (from the first click)", f"{whole:.1f} s for {args.session} slices "
                      f"({session.engine.embeddings.used_bytes / 2**20:.0f} MiB in memory)"))
         session.reset()
+        other = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS["left lung"], factors))
         start = time.perf_counter()
-        mask = np.asarray(session.add_point(click, positive=True, space="ijk")) > 0
-        rows.append(("warm click (all embedded)", f"{time.perf_counter() - start:.1f} s"))
+        mask = np.asarray(session.add_point(other, positive=True, space="ijk")) > 0
+        rows.append(("warm click (left lung, all embedded)", f"{time.perf_counter() - start:.1f} s, "
+                     f"Dice {dice(mask, labels['left lung']):.3f}"))
         restarted = InteractiveSession(model)  # a new process would see the same disk store
         restarted.engine.embeddings._disk = store
         restarted.set_image(volume)
@@ -182,6 +186,8 @@ def bench_session(args) -> list[tuple[str, str]]:
         rows.append(("new session, disk cache", f"{time.perf_counter() - start:.1f} s to load {args.session} slices, "
                      f"{restarted.engine.stats['embedded']} embedded"))
     rows.append(("peak RSS", _peak_rss()))
+    if device.type == "cuda":
+        rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"))
     return rows
 
 
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (each times every candidate on every slice)")
     parser.add_argument("--candidates", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16",
                         help="comma-separated: torch-fp32, torch-bf16, torch-compile, openvino-fp32, openvino-bf16")
+    parser.add_argument("--batch", type=int, default=1, help="slices per encoder call (GPU throughput)")
     parser.add_argument("--parity", action="store_true",
                         help="instead: every demo structure's click with fp32 and --precisions, Dice to fp32")
     parser.add_argument("--precisions", default="auto,bf16", help="with --parity: precisions compared to fp32")
