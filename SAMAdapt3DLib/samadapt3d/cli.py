@@ -405,7 +405,7 @@ def _read_seed(path: str, segment: str | None, volume, max_mb: float | None) -> 
     from .labels import mask_on_grid, read_labels
 
     with native_stderr_silenced():
-        labels = read_labels(path)
+        labels = read_labels(path, max_mb)
     mask = labels.mask(segment)
     what = f"segment {segment!r} of {path}" if segment is not None else f"the seed mask {path}"
     if not mask.any():

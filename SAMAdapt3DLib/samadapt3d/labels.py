@@ -61,11 +61,11 @@ class LabelFile:
         raise InputError(f"no segment {segment!r} in the label file; it has: {names}")
 
 
-def read_labels(path: str | os.PathLike) -> LabelFile:
+def read_labels(path: str | os.PathLike, max_mb: float | None = None) -> LabelFile:
     import SimpleITK as sitk
 
     path = Path(path)
-    image = read_sitk_image(path, "label image")
+    image = read_sitk_image(path, "label image", max_mb)
     array = sitk.GetArrayFromImage(image)
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
