@@ -100,3 +100,22 @@ def test_extensions_index_description():
                                        "slicer-extension-catalog-entry-schema-v1.0")
     assert entry["category"] == "Segmentation" and entry["scm_url"].startswith("https://github.com/")
     assert entry["scm_type"] == "git" and entry["build_dependencies"] == []
+
+
+def test_a_clean_slicer_python_imports_the_library_through_the_package_alone(installed):
+    """Slicer's Python without samadapt3d installed (no .pth files read: this checkout's editable install is not
+    seen): the first import of SAMAdapt3DSlicerLib puts the installed library on the path, so the effect, the
+    self-test and ctest work before (or without) the module's panel ever creating its Logic."""
+    import site
+
+    module_dir = installed / "install" / SCRIPTED
+    code = (f"import sys; sys.path[:0] = [{str(module_dir)!r}, *{site.getsitepackages()!r}]\n"
+            "try:\n    import samadapt3d\n    print('precondition failed: samadapt3d importable')\n"
+            "except ImportError:\n    pass\n"
+            "from SAMAdapt3DSlicerLib import scene_bridge  # the self-test's first import (needs samadapt3d)\n"
+            "import samadapt3d.client; print(samadapt3d.__file__)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                          cwd=str(installed))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(str(module_dir / "SAMAdapt3DLib" / "samadapt3d")), done.stdout

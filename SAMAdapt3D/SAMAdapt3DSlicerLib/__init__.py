@@ -8,3 +8,10 @@ next to SAMAdapt3D.py for a module, sees only SAMAdapt3D.py.
 - self_test: SAMAdapt3DTest, which runs inside Slicer.
 scene_bridge, core and training are tested headless against slicer-core (Testing/).
 """
+import os as _os
+
+from . import dependencies as _dependencies
+
+#: the library shipped with the extension (SAMAdapt3DLib), put on sys.path when this package is first imported:
+#: the effect, the self-test and ctest import `samadapt3d` before (or without) the module's panel and its Logic
+LIBRARY_DIR = _dependencies.put_library_on_path(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
