@@ -6,9 +6,10 @@ import threading
 
 import numpy as np
 
+from ..errors import InputError
 from ..volume import Volume
 from . import wire
-from .transport import ServerError, Transport
+from .transport import ServerError, Transport, decode_answer
 
 #: how long a model run (a click, prepare, auto) may take before the client gives up on it
 COMPUTE_TIMEOUT_S = 3600.0
@@ -78,8 +79,6 @@ class ServerClient:
                 raise
         headers = {wire.SHAPE_HEADER: ",".join(str(n) for n in array.shape), wire.DTYPE_HEADER: dtype,
                    "Content-Type": "application/octet-stream"}
-        from .transport import decode_answer
-
         status, data = self.transport.request("PUT", f"/images/{image_id}", wire.deflate(raw), headers,
                                               idempotent=True, timeout=self.compute_timeout)
         decode_answer(status, data, "image upload")
@@ -116,8 +115,6 @@ class ServerClient:
     def auto(self, model_id: str, volume: Volume, stride: int = 1) -> tuple[np.ndarray, tuple[str, ...]]:
         """Every class of a prompt-free multi-class model: (label map [k, j, i], class names of labels 1..K)."""
         if not isinstance(volume, Volume):
-            from ..errors import InputError
-
             raise InputError(f"auto expects a samadapt3d Volume, got {type(volume).__name__}")
         payload = dict(self.geometry(volume), image=self.upload_image(volume.array), stride=int(stride))
         answer = self.call("POST", f"/models/{model_id}/auto", payload, compute=True)

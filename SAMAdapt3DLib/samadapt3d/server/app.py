@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..client import wire
