@@ -91,6 +91,10 @@ def test_every_session_operation_matches_the_in_process_session(client):
     for n, step in enumerate(steps):
         assert_same(remote, local, (step(remote), step(local)))
     assert remote.mask.any() and len(remote.prompts) == 1
+    session_id = remote.session_id
+    client.health()  # asking the same server again does not look like a restart
+    assert_same(remote, local, (remote.undo(), local.undo()))
+    assert remote.session_id == session_id
     assert np.array_equal(remote.to_index(ras, "ras"), local.to_index(ras, "ras"))
     assert remote.box_to_index((1, 1, 1), (30, 4, 4)) == local.box_to_index((1, 1, 1), (30, 4, 4))
     assert remote.prepare() == local.prepare() == 0

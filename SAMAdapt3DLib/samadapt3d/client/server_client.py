@@ -97,6 +97,8 @@ class ServerClient:
 
     def create_session(self, model_id: str, max_undo: int = 32) -> str:
         """A new server session (id); a model this client loaded before a server restart is loaded again."""
+        if self.instance is None:
+            self.health()  # sessions remember the server instance they were made on (a restart changes it)
         try:
             return self.call("POST", "/sessions", {"model_id": model_id, "max_undo": int(max_undo)})["session_id"]
         except ServerError as exc:
