@@ -18,14 +18,18 @@ def _seed():
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_folder(tmp_path_factory):
-    """Exported encoders and slice embeddings go to a fresh folder, never the user's cache (each run is cold)."""
-    old = os.environ.get("SAMADAPT3D_CACHE_DIR")
+    """Exported encoders go to a fresh folder, never the user's cache; the on-disk embedding store is off, so
+    a test's "embedded" counts do not depend on the tests before it (tests of the store turn it on)."""
+    names = ("SAMADAPT3D_CACHE_DIR", "SAMADAPT3D_EMBEDDING_CACHE")
+    old = {name: os.environ.get(name) for name in names}
     os.environ["SAMADAPT3D_CACHE_DIR"] = str(tmp_path_factory.mktemp("samadapt3d_cache"))
+    os.environ["SAMADAPT3D_EMBEDDING_CACHE"] = "off"
     yield
-    if old is None:
-        os.environ.pop("SAMADAPT3D_CACHE_DIR", None)
-    else:
-        os.environ["SAMADAPT3D_CACHE_DIR"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def import_segment_anything():
