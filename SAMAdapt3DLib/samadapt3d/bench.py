@@ -67,6 +67,17 @@ def _peak_memory(device: torch.device) -> str:
     return f"{rss_bytes / 2**30:.2f} GiB (process peak RSS, ru_maxrss)"
 
 
+def _reference_main(args: argparse.Namespace, config: Sam3DAdapterConfig) -> int:
+    from dataclasses import replace
+
+    from .bench_reference import REFERENCE_DEPTH
+    from .bench_reference import main as reference_main
+
+    if config.depth != REFERENCE_DEPTH:  # the published encoder hard-codes 12 blocks
+        config = replace(config, depth=REFERENCE_DEPTH, global_attn_indexes=(2, 5, 8, 11))
+    return reference_main(args, config, _say)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -81,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="full", choices=["full", "small"],
                         help="full = published ViT-B network; small = a reduced one for a quick look")
     parser.add_argument("--points", type=int, default=1, help="clicks per prediction")
+    parser.add_argument("--reference-dir", default=None,
+                        help="time the published code (the 3DSAM-adapter/ folder of a med-air/3DSAM-adapter "
+                             "checkout, imported at run time) against ours on the same random weights")
     args = parser.parse_args(argv)
 
-    device = resolve_device(args.device)
     config = bench_config(args.config, args.crop)
+    if args.reference_dir is not None:
+        return _reference_main(args, config)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     _say(f"building the {args.config} network (random weights) on {device}")
     model = SAM3DAdapter(config).to(device).eval()
