@@ -335,9 +335,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onPromptNodeEdited(self, caller, event):
         """The user moved (end of the drag), deleted or placed a prompt through the markups: restate them all."""
-        if self._updating or not self.syncContext():
+        if self._updating or self.placingUnsizedBox(caller) or not self.syncContext():
             return
         self.submitPromptJob(Job("rebuild", self.generation, prompts=self.currentPrompts()))
+
+    def placingUnsizedBox(self, node):
+        """Our ROI is being placed and has no size yet (its first corner, or a preview point leaving the view):
+        nothing changed that a run could show."""
+        box = self.nodes.get("box")
+        if node is None or box is None or node is not box or prompts.roi_corners_ras(box) is not None:
+            return False
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        active = slicer.app.applicationLogic().GetSelectionNode().GetActivePlaceNodeID()
+        return interaction.GetCurrentInteractionMode() == interaction.Place and active == box.GetID()
 
     def onPlaceBox(self):
         """Place the ROI interactively (Slicer's place mode for ROIs: click-drag in any view)."""
