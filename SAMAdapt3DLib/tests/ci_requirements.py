@@ -6,7 +6,10 @@ A module of its own (not conftest) because the library's and the Slicer side's t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
+import types
 
 import pytest
 
@@ -29,3 +32,20 @@ def require_module(name: str, install: str):
         return importlib.import_module(name)
     except ImportError:
         missing(f"{name} is not installed ({install})")
+
+
+def import_segment_anything():
+    """segment-anything's modeling and registry, without its package __init__ (which imports
+    torchvision for the predictor helpers; torchvision has no CPU build for our torch)."""
+    if "segment_anything.build_sam" in sys.modules:
+        return sys.modules["segment_anything.build_sam"], sys.modules["segment_anything.modeling"]
+    spec = importlib.util.find_spec("segment_anything")
+    if spec is None:
+        missing("segment-anything is not installed (pip install --no-deps segment-anything)")
+    package = types.ModuleType("segment_anything")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["segment_anything"] = package
+    import segment_anything.build_sam as build_sam
+    import segment_anything.modeling as modeling
+
+    return build_sam, modeling

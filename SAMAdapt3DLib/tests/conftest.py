@@ -8,7 +8,7 @@ import pytest
 import torch
 
 
-from ci_requirements import in_ci, missing, require_module  # noqa: E402,F401  (re-exported for fixtures)
+from ci_requirements import import_segment_anything, in_ci, missing, require_module  # noqa: E402,F401
 
 
 @pytest.fixture(autouse=True)
@@ -30,23 +30,6 @@ def _private_cache_folder(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-def import_segment_anything():
-    """segment-anything's modeling and registry, without its package __init__ (which imports
-    torchvision for the predictor helpers; torchvision has no CPU build for our torch)."""
-    if "segment_anything.build_sam" in sys.modules:
-        return sys.modules["segment_anything.build_sam"], sys.modules["segment_anything.modeling"]
-    spec = importlib.util.find_spec("segment_anything")
-    if spec is None:
-        missing("segment-anything is not installed (pip install --no-deps segment-anything)")
-    package = types.ModuleType("segment_anything")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["segment_anything"] = package
-    import segment_anything.build_sam as build_sam
-    import segment_anything.modeling as modeling
-
-    return build_sam, modeling
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The test suite's own honesty: a missing oracle / wheel / data skips locally but fails the run in CI."""
 import pytest
 
-from conftest import import_segment_anything, missing, require_module
+from ci_requirements import import_segment_anything, missing, require_module
 
 
 @pytest.mark.parametrize("ci, outcome", [(None, pytest.skip.Exception), ("true", pytest.fail.Exception),
