@@ -7,6 +7,7 @@ Speed is a benchmark figure, never a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import resource
 import statistics
@@ -67,6 +68,22 @@ def _peak_memory(device: torch.device) -> str:
     return f"{rss_bytes / 2**30:.2f} GiB (process peak RSS, ru_maxrss)"
 
 
+def _precision(device: torch.device, precision: str):
+    """bf16: autocast on the device (CPU or CUDA); fp32: the exact path."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _agreement(model: SAM3DAdapter, crop: torch.Tensor, points: torch.Tensor, answer: torch.Tensor) -> str:
+    """Max |dp| and Dice of the 0.5 masks against the fp32 forward of the same crop and clicks."""
+    with torch.inference_mode():
+        exact = model.predict_crop(crop, points)
+    a, b = answer.float() > 0.5, exact > 0.5
+    dice = 2 * (a & b).sum().item() / max(1, a.sum().item() + b.sum().item())
+    return f"max |dp| {(answer.float() - exact).abs().max().item():.2e}, Dice of the 0.5 masks {dice:.4f}"
+
+
 def _reference_main(args: argparse.Namespace, config: Sam3DAdapterConfig) -> int:
     from dataclasses import replace
 
@@ -92,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="full", choices=["full", "small"],
                         help="full = published ViT-B network; small = a reduced one for a quick look")
     parser.add_argument("--points", type=int, default=1, help="clicks per prediction")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bf16 = autocast (CPU or CUDA); also prints its agreement with fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (the warm-up compiles)")
     parser.add_argument("--reference-dir", default=None,
                         help="time the published code (the 3DSAM-adapter/ folder of a med-air/3DSAM-adapter "
                              "checkout, imported at run time) against ours on the same random weights")
@@ -109,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    with torch.inference_mode():
+    if args.compile:
+        model.image_encoder.forward = torch.compile(model.image_encoder.forward)  # static shapes: one graph
+    with torch.inference_mode(), _precision(device, args.precision):
         _say(f"warm-up: one forward of a {tuple(config.crop_size)} crop")
         start = time.perf_counter()
-        features = model.encode(crop)  # warm-up (allocations, kernels)
-        model.decode(features, points)
+        features = model.encode(crop)  # warm-up (allocations, kernels, compilation)
+        answer = model.decode(features, points)
         _say(f"warm-up done in {time.perf_counter() - start:.1f} s; timing {args.repeats} full forwards")
         full = _time(lambda: model.decode(model.encode(crop), points), device, args.repeats, "full forward")
         decode = _time(lambda: model.decode(features, points), device, max(args.repeats, 3), "decode")
+    agreement = _agreement(model, crop, points, answer) if args.precision != "fp32" else None
 
     params = sum(p.numel() for p in model.parameters())
     rows = [
@@ -130,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                                                 f"(min {min(decode):.3f})"),
         ("peak memory", _peak_memory(device)),
     ]
+    rows.insert(2, ("precision", args.precision + (" (torch.compile)" if args.compile else "")))
+    if agreement is not None:
+        rows.append((f"{args.precision} vs fp32", agreement))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
