@@ -16,7 +16,7 @@ import vtk
 from harness import scenes
 from harness.fixtures import effect_idle, in_process_sessions, slicer_gui, wait_for  # noqa: F401
 from harness.mrml_widgets import SliceViewWidget
-from test_effect import click, setup_editor
+from test_effect import click, setup_editor, slice_through
 
 #: IJK -> RAS columns of a volume acquired sagittally: i runs S, j runs R, k runs A
 PERMUTED = ((0, 1, 0), (0, 0, 1), (1, 0, 0))
@@ -127,3 +127,41 @@ def test_placing_two_3d_boxes_as_slicer_does_hovering_runs_nothing(slicer_gui, s
         assert mask[k0:k1 + 1].any(axis=(1, 2)).all(), effect.lastStatus  # every slice of the 3D box
         assert not mask[:k0].any() and not mask[k1 + 1:].any()  # and no other
         assert mask[scenes.SLAB].sum() == mask.sum()
+
+
+def test_a_changed_server_gives_the_effect_a_new_session(slicer_gui, scene, in_process_sessions):
+    """The module changed the server (its Python, mode, address) or was reloaded: the old session went with the old
+    server, so the next prompt opens a new one, starting from the segment as it is."""
+    from SAMAdapt3DSlicerLib import effect_session
+
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))  # the cube
+    wait_for(slicer_gui, effect_idle(effect))
+    assert len(in_process_sessions) == 1
+    effect_session.server_changed()
+    click(editor, view, slice_through(view, volume, (6, 16, 15)))  # the slab
+    wait_for(slicer_gui, effect_idle(effect))
+    assert len(in_process_sessions) == 2, effect.lastStatus
+    assert len(in_process_sessions[1][2].prompts) == 1  # the new session: the segment as seed + this click
+    expected = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    expected[scenes.CUBE] = expected[scenes.SLAB] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), expected), effect.lastStatus
+    assert effect.nodes["positive"].GetNumberOfControlPoints() == 1  # the old session's prompts were cleared
+
+
+def test_the_module_tells_the_effect_when_its_server_changes(slicer_gui, scene):
+    from SAMAdapt3DSlicerLib import effect_session
+
+    from harness.fixtures import MODULE_DIR
+
+    w = slicer_gui.load_module(MODULE_DIR / "SAMAdapt3D.py").widget
+    epoch = effect_session.server_epoch()
+    w.onServerSettingsChanged()  # nothing changed
+    assert effect_session.server_epoch() == epoch
+    w.ui.serverPythonPathLineEdit.currentPath = "/opt/conda/bin/python"
+    w.onServerSettingsChanged()
+    assert effect_session.server_epoch() > epoch
+    epoch = effect_session.server_epoch()
+    slicer_gui.unload_module("SAMAdapt3D")  # Reload / exit: the module stops its server
+    assert effect_session.server_epoch() > epoch

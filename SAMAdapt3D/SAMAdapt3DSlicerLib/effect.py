@@ -230,7 +230,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volume is None or segmentation is None or not segment_id:
             self.setStatus("Select a source volume, a segmentation and a segment in the Segment Editor.")
             return False
-        context = (volume.GetID(), segmentation.GetID(), segment_id, self.modelChoice())
+        # a changed server (module settings, module reload) takes the old session with it: new context, new runner
+        context = (volume.GetID(), segmentation.GetID(), segment_id, self.modelChoice(),
+                   effect_session.server_epoch())
         if context == self._context:
             return True
         if self._context is not None:
@@ -255,12 +257,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def ensureRunner(self):
         """The worker for the current model; a new model gets a new session (the old one is shut down)."""
-        choice = self.modelChoice()
+        choice = (*self.modelChoice(), effect_session.server_epoch())
         if self.runner is not None and self._runnerChoice != choice:
             self.runner.shutdown()
             self.runner = None
         if self.runner is None:
-            model, device = choice
+            model, device, _ = choice
             self.runner = PromptRunner(lambda: effect_session.open_session(model, device))
             self._runnerChoice = choice
         return self.runner

@@ -20,12 +20,26 @@ _opener: SessionOpener | None = None
 _model_choice = (DEFAULT_MODEL, "auto")
 _server = None
 _server_lock = threading.Lock()
+_server_epoch = 0
 
 
 def set_session_opener(opener: SessionOpener | None) -> None:
     """Install how sessions are opened (None: back to the local server)."""
     global _opener
+    if opener != _opener:
+        server_changed()
     _opener = opener
+
+
+def server_changed() -> None:
+    """The server behind the opener changed (another opener, or its Python, mode, URL, token or device): sessions
+    opened before may be gone with the old server, so the effect opens a new one for its next prompt."""
+    global _server_epoch
+    _server_epoch += 1
+
+
+def server_epoch() -> int:
+    return _server_epoch
 
 
 def set_model_choice(model: str, device: str = "auto") -> None:

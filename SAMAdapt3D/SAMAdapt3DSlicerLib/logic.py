@@ -147,7 +147,8 @@ class SAMAdapt3DLogic(ScriptedLoadableModuleLogic):
         for key, value in (("ServerMode", settings.mode), ("ServerPython", settings.python),
                            ("ServerUrl", settings.url), ("ServerToken", settings.token)):
             self.setSetting(key, value)
-        self.server.configure(settings)
+        if self.server.configure(settings):
+            effect_session.server_changed()
         effect_session.set_session_opener(self.server.session_opener)
         return settings.problem()
 

@@ -46,8 +46,9 @@ class ServerControl:
         self._remote = None  # samadapt3d.client.ServerClient
         self._lock = threading.Lock()
 
-    def configure(self, settings: ServerSettings) -> None:
-        """New settings take effect at the next call; a running local server is stopped if its Python changed."""
+    def configure(self, settings: ServerSettings) -> bool:
+        """New settings take effect at the next call; a running local server is stopped if its Python changed.
+        True when the settings differ from the previous ones (sessions on the old server may be gone)."""
         with self._lock:
             old, self.settings = self.settings, settings
             if self._local is not None and (settings.mode != LOCAL or settings.python != old.python
@@ -56,6 +57,7 @@ class ServerControl:
                 self._local = None
             if settings.mode != REMOTE or (settings.url, settings.token) != (old.url, old.token):
                 self._remote = None
+            return settings != old
 
     def client(self):
         """The ServerClient of the configured server, starting the local one if needed (blocking)."""
