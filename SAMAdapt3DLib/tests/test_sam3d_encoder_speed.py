@@ -32,6 +32,18 @@ def test_chunked_in_place_attention_equals_naive(tiny, monkeypatch, index, chunk
     assert (ours - naive).abs().max() < TOLERANCE
 
 
+@pytest.mark.parametrize("index", [0, 1])
+def test_fused_sdpa_path_equals_naive(tiny, monkeypatch, index):
+    # the GPU path (scaled_dot_product_attention with the bias as attn_mask), forced on the CPU
+    monkeypatch.setattr(encoder, "SDPA_ON_CPU", True)
+    block = tiny.image_encoder.blocks[index]
+    x = torch.randn(1, 8, 8, 8, 48)
+    with torch.no_grad():
+        ours = block(x)
+        naive = literal_block(block, x)
+    assert (ours - naive).abs().max() < TOLERANCE
+
+
 def test_training_path_has_gradients_equal_to_inference(tiny):
     block = tiny.image_encoder.blocks[0]
     x = torch.randn(1, 8, 8, 8, 48, requires_grad=True)

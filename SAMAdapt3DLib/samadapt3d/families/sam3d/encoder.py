@@ -95,6 +95,11 @@ def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> 
 #: attention logits computed at once, in bytes: a few windows at a time instead of all 64 windows of a 128³
 #: crop (0.8 GB per block), so the transient buffers stay small, are reused, and stay in the allocator
 ATTENTION_CHUNK_BYTES = 32 << 20
+#: on a GPU, the logits of all windows at once (a few large kernels, no host sync: CUDA-graph friendly)
+ATTENTION_CHUNK_BYTES_GPU = 4 << 30
+#: fused scaled_dot_product_attention with the bias as attn_mask (same result up to rounding); on by default
+#: on GPUs, where it saves the softmax buffer and kernel launches; on the CPU the in-place path is faster
+SDPA_ON_CPU = False
 
 
 class WindowAttention3D(nn.Module):
@@ -141,20 +146,32 @@ class WindowAttention3D(nn.Module):
         qkv = self.qkv(x).reshape(bw, n, 3, heads, -1).permute(2, 0, 3, 1, 4)  # [3, bw, heads, n, hd]
         q, k, v = qkv.unbind(0)
         tables = [get_rel_pos(window, window, t) for t in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_d)]
-        per = max(1, ATTENTION_CHUNK_BYTES // (heads * n * n * x.element_size()))
+        on_gpu = x.device.type != "cpu"
+        fused = on_gpu or SDPA_ON_CPU
+        budget = ATTENTION_CHUNK_BYTES_GPU if on_gpu else ATTENTION_CHUNK_BYTES
+        per = max(1, budget // (heads * n * n * x.element_size()))
         nw = 1 if regions is None else regions.shape[0]
         outs = []
         for start in range(0, bw, per):
             stop = min(bw, start + per)
             qc = q[start:stop].reshape(-1, n, q.shape[-1])
-            attn = torch.matmul(qc * self.scale, k[start:stop].reshape(-1, n, q.shape[-1]).transpose(-2, -1))
+            if fused:  # the relative positions and mask become SDPA's additive attn_mask
+                attn = torch.zeros(qc.shape[0], n, n, dtype=qc.dtype, device=qc.device)
+            else:
+                attn = torch.matmul(qc * self.scale, k[start:stop].reshape(-1, n, q.shape[-1]).transpose(-2, -1))
             attn = self._add_relative(attn, qc, tables, window).view(stop - start, heads, n, n)
             if regions is not None:
                 index = torch.arange(start, stop, device=regions.device) % nw  # windows are batch-major
-                if boundary is None or bool(boundary[index].any()):
+                # windows inside one region need no mask (skipped on the CPU; a GPU adds it: no host sync)
+                if on_gpu or boundary is None or bool(boundary[index].any()):
                     mask = region_mask(regions[index], attn.dtype)[:, None]
                     attn = attn + mask if torch.is_grad_enabled() else attn.add_(mask)
-            outs.append(torch.matmul(attn.softmax(dim=-1), v[start:stop]).transpose(1, 2))  # [cw, n, heads, hd]
+            if fused:
+                out = F.scaled_dot_product_attention(q[start:stop], k[start:stop], v[start:stop], attn_mask=attn,
+                                                     scale=self.scale)
+            else:
+                out = torch.matmul(attn.softmax(dim=-1), v[start:stop])
+            outs.append(out.transpose(1, 2))  # [cw, n, heads, hd]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return self.proj(out.reshape(bw, n, c))
 
