@@ -165,3 +165,20 @@ def test_the_module_tells_the_effect_when_its_server_changes(slicer_gui, scene):
     epoch = effect_session.server_epoch()
     slicer_gui.unload_module("SAMAdapt3D")  # Reload / exit: the module stops its server
     assert effect_session.server_epoch() > epoch
+
+
+def test_the_scene_node_count_is_unchanged_after_many_effect_updates(slicer_gui, scene, in_process_sessions):
+    """The prompt markups are made once; reading and writing the segment adds no node (no display node, colour
+    table or label map per update)."""
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene, names=("a", "b", "c", "d"))
+    effect = editor.activate("SAMAdapt3D").self()
+    xy = slice_through(view, volume, (6, 7, 7))
+    click(editor, view, xy)
+    wait_for(slicer_gui, effect_idle(effect))
+    count = scene.GetNumberOfNodes()
+    for n in range(10):
+        # each press farther than the grab distance from every point placed before (else it would move that point)
+        click(editor, view, xy + 12.0 * np.array([n % 5 + 1, n // 5 + 1]), ctrl=bool(n % 2))
+        wait_for(slicer_gui, effect_idle(effect))
+    assert editor.undo_saves == 11, effect.lastStatus
+    assert scene.GetNumberOfNodes() == count
