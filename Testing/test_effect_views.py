@@ -182,3 +182,14 @@ def test_the_scene_node_count_is_unchanged_after_many_effect_updates(slicer_gui,
         wait_for(slicer_gui, effect_idle(effect))
     assert editor.undo_saves == 11, effect.lastStatus
     assert scene.GetNumberOfNodes() == count
+
+
+def test_the_poll_timer_stops_once_the_effect_is_deselected_and_idle(slicer_gui, scene, in_process_sessions):
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))
+    editor.activate(None)  # deselected while the update runs: its result still lands, then the timer stops
+    wait_for(slicer_gui, lambda: not effect.timer.isActive())
+    assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6, effect.lastStatus
+    editor.activate("SAMAdapt3D")
+    assert effect.timer.isActive()

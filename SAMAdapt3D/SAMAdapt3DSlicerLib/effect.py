@@ -59,6 +59,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._checkPending = False
         self.lastStatus = ""
         self.timer = None
+        self._active = False  # selected in the editor (the poll timer stops once deselected and idle)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -152,6 +153,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # ---- life cycle ------------------------------------------------------------------------------
     def activate(self):
+        self._active = True
         self.ensurePromptNodes()
         self.setPromptsVisible(True)
         self.observeSegmentation()
@@ -164,6 +166,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.syncContext()
 
     def deactivate(self):
+        self._active = False
         self._press = None
         self.removeShortcuts()
         self.setPromptsVisible(False)
@@ -481,6 +484,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         for outcome in self.runner.poll():
             self.onOutcome(outcome)
         self.cancelButton.enabled = self.runner.busy
+        if not self._active and not self.runner.busy and self.timer is not None:
+            self.timer.stop()  # a result still on its way when deselected was written above; nothing more comes
 
     def onOutcome(self, outcome):
         job = outcome.job
