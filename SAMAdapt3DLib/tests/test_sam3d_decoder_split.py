@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from test_sam3d_reference import randomised
 
 from samadapt3d.families.sam3d import SAM3DAdapter, Sam3DAdapterConfig
-from samadapt3d.families.sam3d.decoder import MLADecoder, upsample_trilinear
+from samadapt3d.families.sam3d.decoder import MLADecoder, conv3x3_one_output, upsample_trilinear
 from samadapt3d.families.sam3d.model import ACTIVE_PROMPT_ENCODER
 
 #: float32 results of a different summation order
@@ -45,6 +45,12 @@ def test_separable_upsampling_equals_trilinear(shape, size):
     x = torch.randn(shape)
     expected = F.interpolate(x, size=size, mode="trilinear", align_corners=True)
     assert (upsample_trilinear(x, size) - expected).abs().max() < 1e-6
+
+
+def test_one_output_convolution_equals_conv3d():
+    x = torch.randn(2, 5, 4, 6, 7)
+    weight = torch.randn(1, 5, 3, 3, 3)
+    assert (conv3x3_one_output(x, weight) - F.conv3d(x, weight, padding=1)).abs().max() < 1e-5
 
 
 def test_split_decode_equals_published_decode_for_every_click(tiny):
