@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     cases = find_cases(args.data)[: args.max_cases]
     classes = None if args.classes is None else [c for c in args.classes.split(",") if c.strip()]
     info = distributed.setup(args.device)
-    started = time.perf_counter()
+    started, commit = time.perf_counter(), _commit()  # the code that runs is the code at the start
     try:
         model = load_model(args.model, sam_checkpoint=args.sam_checkpoint, device=info.device)
         session = InteractiveSession(model)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         config = {"model": args.model, "family": model.family, "data": str(args.data), "cases": len(cases),
                   "clicks": args.clicks, "clicks_only": bool(args.clicks_only), "seed": args.seed,
                   "canonical": bool(args.canonical),
-                  "device": str(info.device), "processes": info.world_size, "commit": _commit(),
+                  "device": str(info.device), "processes": info.world_size, "commit": commit,
                   "seconds": round(time.perf_counter() - started, 1)}
         summary = summarise(rows, config)
         write_outputs(Path(args.out), rows, summary)
