@@ -72,9 +72,14 @@ def build_reference(classes: dict[str, Any], model: SAM3DAdapter) -> tuple[Any, 
     decoder = classes["VIT_MLAHead_h"](img_size=96, mla_channels=cfg.neck_dim, mlahead_channels=cfg.decoder_dim,
                                        num_classes=cfg.num_classes)
     state = released_state(model)
-    encoder.load_state_dict(state["encoder_dict"], strict=True)
-    prompt.load_state_dict(state["feature_dict"][ACTIVE_PROMPT_ENCODER], strict=True)
-    decoder.load_state_dict(state["decoder_dict"], strict=True)
+    try:
+        encoder.load_state_dict(state["encoder_dict"], strict=True)
+        prompt.load_state_dict(state["feature_dict"][ACTIVE_PROMPT_ENCODER], strict=True)
+        decoder.load_state_dict(state["decoder_dict"], strict=True)
+    except RuntimeError as exc:  # the published code hard-codes parts of the ViT-B 128³ sizes
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"the published code does not build this network ({first} ...): it supports only the "
+                         "published sizes, --config full --crop 128") from exc
     return encoder.eval(), prompt.eval(), decoder.eval()
 
 
