@@ -126,14 +126,13 @@ def test_backend_choice_per_precision_and_device(monkeypatch):
     cpu = torch.device("cpu")
     assert choose_backend("fp32", cpu) == BackendChoice("torch", "fp32")
     monkeypatch.setattr(encoders, "openvino_available", lambda: True)
-    monkeypatch.setattr(encoders, "cpu_has_native_bf16", lambda: True)
-    assert choose_backend("auto", cpu) == BackendChoice("openvino", "bf16")
-    monkeypatch.setattr(encoders, "cpu_has_native_bf16", lambda: False)
-    assert choose_backend("auto", cpu) == BackendChoice("openvino", "fp32")  # no native bf16: OpenVINO fp32
+    assert choose_backend("auto", cpu) == BackendChoice("openvino", "fp32")  # masks as fp32's
     assert choose_backend("bf16", cpu) == BackendChoice("openvino", "bf16")
     monkeypatch.setattr(encoders, "openvino_available", lambda: False)
     assert choose_backend("auto", cpu) == BackendChoice("torch", "fp32")
     assert choose_backend("bf16", cpu) == BackendChoice("torch", "bf16")
+    assert choose_backend("auto", torch.device("cuda")) == BackendChoice("torch", "fp32")
+    assert choose_backend("bf16", torch.device("mps")) == BackendChoice("torch", "fp32")
     with pytest.raises(ValueError):
         choose_backend("int4", cpu)
 

@@ -12,8 +12,9 @@ from ..errors import InputError
 
 _M = TypeVar("_M")
 
-#: precisions a user can ask for: "auto" = the fastest measured path this machine has, "fp32" = exact PyTorch
-#: float32, "bf16" = bfloat16 compute (OpenVINO on CPU when installed, torch autocast otherwise)
+#: precisions a user can ask for: "auto" = the fastest path whose masks match fp32 (OpenVINO fp32 on a CPU),
+#: "fp32" = exact PyTorch float32, "bf16" = bfloat16 compute (OpenVINO on CPU when installed, torch autocast
+#: otherwise; faster, masks slightly different)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
