@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                      help="a setting of the model file's family, e.g. Med-SA's chunk=96 (docs/FAMILIES.md); repeatable")
     seg.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
-                     help="LiteMedSAM encoder: auto (default: OpenVINO on CPU, bf16 where supported), fp32 (exact "
-                          "PyTorch) or bf16 (docs/LITEMEDSAM.md)")
+                     help="LiteMedSAM encoder: auto (default: OpenVINO fp32 on a CPU, same masks), fp32 (exact "
+                          "PyTorch) or bf16 (faster, masks slightly different; docs/LITEMEDSAM.md)")
     for option, kind, space in _POINT_OPTIONS:
         what = "foreground" if kind == "point" else "background"
         where = "voxel index i,j,k (ITK order)" if space == "ijk" else f"{space.upper()} point x,y,z in mm"

@@ -11,8 +11,9 @@ longest side to 256 (aspect kept), min-max normalised to [0, 1], padded at the b
 is 4x the 64x64 embedding), are cropped to the unpadded part and resized to the slice.
 
 Speed: the encoder runs on the backend `precision` picks (samadapt3d.runtime.encoders): "fp32" is exact
-PyTorch; "auto" (the default of `load_model`) is OpenVINO on a CPU (bf16 where the CPU has it), bf16
-autocast on CUDA. Embeddings then carry an identity (encoder weights, precision, backend) for the disk cache.
+PyTorch; "auto" (the default of `load_model`) is OpenVINO fp32 on a CPU (same embeddings, 3.6x faster);
+"bf16" is OpenVINO bf16 on a CPU or autocast on CUDA (faster, masks slightly different: docs/LITEMEDSAM.md).
+Embeddings carry an identity (encoder weights, precision, backend) for the disk cache.
 """
 from __future__ import annotations
 
