@@ -13,6 +13,13 @@ from typing import Any
 import numpy as np
 
 
+#: The one orientation 2D slice models see, whatever the file's direction matrix (ITK code, `parse_orientation`):
+#: "RAS", nibabel's canonical RAS+ voxel order, the layout of most public NIfTI CT data sets (what LiteMedSAM's
+#: training slices look like when read with SimpleITK): an axial slice [rows, cols] runs posterior -> anterior and
+#: patient left -> right. Measured against the radiological "LPI" in docs/LITEMEDSAM.md.
+CANONICAL_SLICE_ORIENTATION = "RAS"
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str

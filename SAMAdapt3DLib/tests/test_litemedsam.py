@@ -131,19 +131,24 @@ def _reoriented_copy(volume):
 
 
 def test_same_lung_on_a_reoriented_flipped_copy(model, engine, case, lung_masks):
+    """Canonical orientation: whatever the file's axis order and direction, the model sees the same slices, so
+    the same physical click gives the same mask."""
     from samadapt3d.session import InteractiveSession
 
     volume, truth = case
     copy, back = _reoriented_copy(volume)
     s = InteractiveSession(model, engine=engine)
     s.set_image(copy)
-    assert engine.default_axis() == 2  # the 10 mm axis is now the array's last axis
+    reference = InteractiveSession(model, engine=SliceEngine(model, disk_cache=None))
+    reference.set_image(volume)
+    np.testing.assert_array_equal(s.space.image, reference.space.image)  # one canonical model space
+    assert engine.default_axis() == 0  # the 10 mm axis, wherever the file stores it
     for name in ("right lung", "left lung"):
         s.reset()
         lps = volume.index_to_physical(np.asarray(DEMO_CLICKS[name], float))
         mask = back(np.asarray(s.add_point(lps.reshape(3), space="lps")))
         assert mask.shape == truth[name].shape
-        assert dice(mask, lung_masks[name]) >= 0.95
+        assert dice(mask, lung_masks[name]) >= 0.98
         assert dice(mask, truth[name]) >= 0.80
 
 
@@ -340,3 +345,18 @@ def test_prepare_embeds_ahead_so_the_first_click_only_decodes(model, case):
     i, j, _ = DEMO_CLICKS["right lung"]
     mask = np.asarray(session.add_point((i, j, 1)))
     assert session.engine.stats["embedded"] == embedded and mask[1].any()
+
+
+def test_cvpr_protocol_box_then_two_corrections_on_a_lung(model, engine, case):
+    """The CVPR 2025 protocol (samadapt3d.evaluate) on one structure: a jittered box, then two corrective clicks
+    at the distance-transform maximum of the largest error. No click may lower Dice by more than 0.02."""
+    from samadapt3d.evaluate.protocol import run_object
+    from samadapt3d.session import InteractiveSession
+
+    volume, truth = case
+    s = InteractiveSession(model, engine=engine)
+    s.set_image(volume)
+    result = run_object(s, truth["left lung"], tuple(volume.spacing[::-1]), np.random.default_rng(0), clicks=2)
+    steps = [step.dice for step in result.steps]
+    assert len(steps) == 3 and steps[0] >= 0.80
+    assert all(b >= a - 0.02 for a, b in zip(steps, steps[1:])), steps

