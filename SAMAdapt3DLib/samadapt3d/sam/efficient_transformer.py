@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .mask_decoder import MaskDecoder
-from .transformer import Attention
+from .transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 
 class StackedMLP(nn.Module):
@@ -35,69 +35,22 @@ class StackedMLP(nn.Module):
         return self.fc(x)
 
 
-class ResidualTwoWayBlock(nn.Module):
-    """Token self-attention (residual always), token->image cross-attention, MLP, image->token cross-attention."""
+class ResidualTwoWayBlock(TwoWayAttentionBlock):
+    """segment-anything's block with the residual token self-attention and the stacked token MLP."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, activation: type[nn.Module] = nn.ReLU,
-                 attention_downsample_rate: int = 2, skip_first_layer_pe: bool = False) -> None:
-        super().__init__()
-        self.self_attn = Attention(embedding_dim, num_heads)
-        self.norm1 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = StackedMLP(embedding_dim, mlp_dim, embedding_dim, 1, activation)
-        self.norm3 = nn.LayerNorm(embedding_dim)
-        self.norm4 = nn.LayerNorm(embedding_dim)
-        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.skip_first_layer_pe = skip_first_layer_pe
+    def _make_mlp(self, embedding_dim: int, mlp_dim: int, activation: type[nn.Module]) -> nn.Module:
+        return StackedMLP(embedding_dim, mlp_dim, embedding_dim, 1, activation)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,
-                key_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend_tokens(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
         if not self.skip_first_layer_pe:
             queries = queries + query_pe  # kept in the tokens, residual included (the published behaviour)
-        queries = self.norm1(queries + self.self_attn(queries, queries, queries))
-
-        q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
-
-        q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
-        return queries, keys
+        return self.norm1(queries + self.self_attn(queries, queries, queries))
 
 
-class ResidualTwoWayTransformer(nn.Module):
+class ResidualTwoWayTransformer(TwoWayTransformer):
     """Drop-in for `transformer.TwoWayTransformer` in `mask_decoder.MaskDecoder` (same call, same outputs' shapes)."""
 
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 activation: type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
-        super().__init__()
-        self.depth = depth
-        self.embedding_dim = embedding_dim
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
-        self.layers = nn.ModuleList(
-            ResidualTwoWayBlock(embedding_dim, num_heads, mlp_dim, activation, attention_downsample_rate,
-                                skip_first_layer_pe=(i == 0))
-            for i in range(depth)
-        )
-        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
-        self.norm_final_attn = nn.LayerNorm(embedding_dim)
-
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,
-                point_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe: [B, C, h, w]; point_embedding: [B, N, C] -> (tokens, image tokens)."""
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
-        queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
-        q = queries + point_embedding
-        k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
-        return queries, keys
+    block_type = ResidualTwoWayBlock
 
 
 def build_residual_mask_decoder(embed_dim: int, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
@@ -105,7 +58,7 @@ def build_residual_mask_decoder(embed_dim: int, depth: int = 2, num_heads: int =
     """SAM's mask decoder (segment-anything key names) around the residual two-way transformer."""
     return MaskDecoder(
         transformer_dim=embed_dim,
-        transformer=ResidualTwoWayTransformer(depth, embed_dim, num_heads, mlp_dim),  # type: ignore[arg-type]
+        transformer=ResidualTwoWayTransformer(depth, embed_dim, num_heads, mlp_dim),
         num_multimask_outputs=num_multimask_outputs,
         iou_head_depth=3,
         iou_head_hidden_dim=embed_dim,

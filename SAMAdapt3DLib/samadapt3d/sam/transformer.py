@@ -59,21 +59,26 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = MLPBlock(embedding_dim, mlp_dim, activation)
+        self.mlp = self._make_mlp(embedding_dim, mlp_dim, activation)  # built here: keeps the init RNG order
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
+    def _make_mlp(self, embedding_dim: int, mlp_dim: int, activation: type[nn.Module]) -> nn.Module:
+        return MLPBlock(embedding_dim, mlp_dim, activation)
+
+    def _attend_tokens(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """Token self-attention: the first layer replaces the tokens, later ones add a residual."""
+        if self.skip_first_layer_pe:
+            return self.norm1(self.self_attn(queries, queries, queries))
+        q = queries + query_pe
+        return self.norm1(queries + self.self_attn(q, q, queries))
+
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        queries = self._attend_tokens(queries, query_pe)
 
         q = queries + query_pe
         k = keys + key_pe
@@ -87,6 +92,10 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
+    """`depth` two-way blocks, then a last token->image attention; `block_type` is the block variant."""
+
+    block_type: type[TwoWayAttentionBlock] = TwoWayAttentionBlock
+
     def __init__(
         self,
         depth: int,
@@ -102,7 +111,7 @@ class TwoWayTransformer(nn.Module):
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(
+            self.block_type(
                 embedding_dim,
                 num_heads,
                 mlp_dim,
