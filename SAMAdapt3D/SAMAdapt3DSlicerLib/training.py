@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from SAMAdapt3DSlicerLib import scene_bridge as bridge
+from SAMAdapt3DSlicerLib.event_queue import drain
 from samadapt3d.errors import InputError
 
 #: the families the module offers to fine-tune (`samadapt3d train --model ...`)
@@ -146,12 +147,7 @@ class TrainingJob:
         return self.process is not None and self.process.poll() is None
 
     def events(self) -> list[dict]:
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def cancel(self, timeout: float = 60.0) -> None:
         """Ask the trainer to stop (it saves a resumable checkpoint on SIGINT/SIGTERM), kill it if it does not."""
