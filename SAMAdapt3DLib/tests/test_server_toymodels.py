@@ -20,6 +20,7 @@ import torch
 
 from samadapt3d.families.base import SegmentationModel
 from samadapt3d.models import FamilySpec
+from samadapt3d.server.threshold_model import ThresholdCropModel
 from test_session_toymodel import TOY_PRESET, ToyCropModel
 
 SLOW_ENCODE_S = 1.0
@@ -37,17 +38,8 @@ class SlowToyCropModel(ToyCropModel):
 class FastToyCropModel(ToyCropModel):
     family = "toy-fast"
 
-    def decode(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        self.decode_calls += 1
-        out = torch.zeros_like(features)
-        size = torch.tensor(features.shape[2:], device=features.device)
-        for b in range(features.shape[0]):
-            image = features[b, 0]
-            for point in points[b]:
-                idx = torch.minimum(torch.clamp(torch.floor(point + 0.5).long(), min=0), size - 1)
-                similarity = torch.exp(-(((image - image[idx[0], idx[1], idx[2]]) / self.sigma) ** 2))
-                out[b, 0] = torch.maximum(out[b, 0], torch.sigmoid(8.0 * (similarity - 0.5)))
-        return out
+    def click_probability(self, similarity: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return ThresholdCropModel.click_probability(self, similarity, idx)  # no flood fill
 
 
 class ToyClassModel(SegmentationModel):

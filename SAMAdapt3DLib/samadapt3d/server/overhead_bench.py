@@ -16,40 +16,11 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from ..families.base import CropModel
 from ..models import FamilySpec
-from ..preprocess import Preset
+from .threshold_model import ThresholdCropModel
 
-BENCH_PRESET = Preset("bench", spacing=None, orientation=None, normalization="none")
 BALL_RADIUS = 10
-CROP = (32, 32, 32)
-
-
-class ThresholdCropModel(CropModel):
-    """A model with (almost) no compute: p = sigmoid(8 (exp(-((I - I[click]) / 10)^2) - 0.5)) in the crop."""
-
-    family = "bench-threshold"
-
-    def __init__(self) -> None:
-        super().__init__(BENCH_PRESET)
-        self.crop_size = CROP
-        self.scale = torch.nn.Parameter(torch.ones(()))
-
-    def encode(self, crop: torch.Tensor) -> torch.Tensor:
-        return crop.float() * self.scale
-
-    def decode(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(features)
-        size = torch.tensor(features.shape[2:], device=features.device)
-        for b in range(features.shape[0]):
-            image = features[b, 0]
-            for point in points[b]:
-                idx = torch.minimum(torch.clamp(torch.floor(point + 0.5).long(), min=0), size - 1)
-                similarity = torch.exp(-(((image - image[idx[0], idx[1], idx[2]]) / 10.0) ** 2))
-                out[b, 0] = torch.maximum(out[b, 0], torch.sigmoid(8.0 * (similarity - 0.5)))
-        return out
 
 
 FAMILY = FamilySpec(name="bench-threshold", detect=lambda obj: False, load=lambda obj, **kw: None,
