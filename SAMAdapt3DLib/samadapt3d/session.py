@@ -111,6 +111,13 @@ def make_engine(model):
     raise TypeError(f"no engine {model.engine!r} for a {type(model).__name__}: expected one of crop, slices, slab")
 
 
+def require_image(volume: Volume | None) -> Volume:
+    """The session's image; the user error when none was set (the local and the remote session say the same)."""
+    if volume is None:
+        raise InputError("no image: call set_image first")
+    return volume
+
+
 def check_finite(array: np.ndarray, what: str = "the image") -> None:
     if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
@@ -234,9 +241,7 @@ class InteractiveSession:
         return _State(mask=mask)
 
     def _require_image(self) -> Volume:
-        if self.volume is None:
-            raise InputError("no image: call set_image first")
-        return self.volume
+        return require_image(self.volume)
 
     # ---- read-only state --------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..session import Prompt, box_to_index, check_finite, point_to_index
+from ..session import Prompt, box_to_index, check_finite, point_to_index, require_image
 from ..volume import Volume
 from . import wire
 from .transport import ServerError
@@ -85,9 +85,7 @@ class RemoteSession:
 
     # ---- read-only state ------------------------------------------------------------------------
     def _require_image(self) -> Volume:
-        if self.volume is None:
-            raise InputError("no image: call set_image first")
-        return self.volume
+        return require_image(self.volume)
 
     @property
     def mask(self) -> np.ndarray:
