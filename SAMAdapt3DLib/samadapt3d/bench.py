@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from .bench_table import print_rows
 from .device import resolve_device
 from .families.sam3d import SAM3DAdapter, Sam3DAdapterConfig
 
@@ -156,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.insert(2, ("precision", args.precision + (" (torch.compile)" if args.compile else "")))
     if agreement is not None:
         rows.append((f"{args.precision} vs fp32", agreement))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .bench_table import print_rows
 from .errors import InputError
 from .families.sam3d import SAM3DAdapter, Sam3DAdapterConfig, released_state
 from .families.sam3d.model import ACTIVE_PROMPT_ENCODER
@@ -158,7 +159,5 @@ def main(args: argparse.Namespace, config: Sam3DAdapterConfig, say: Callable[[st
         ("speed-up (published / ours)", f"{result['wall_ratio']:.2f}x wall, {result['cpu_ratio']:.2f}x CPU"),
         ("max |dp|", f"{result['max_dp']:.2e}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
     return 0

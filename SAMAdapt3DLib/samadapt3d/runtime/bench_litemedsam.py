@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..bench_table import print_rows
 from ..device import resolve_device
 from .encoders import OpenVINOEncoder, TorchEncoder, cpu_has_native_bf16, openvino_available, weights_digest
 
@@ -227,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="with --session: the encoder precision")
     args = parser.parse_args(argv)
     rows = bench_parity(args) if args.parity else bench_session(args) if args.session else bench_encoders(args)
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
     return 0
 
 
