@@ -24,10 +24,11 @@ Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
   * the excluded object covers a small part of the component (another structure inside the mask): that object,
     dilated by `cut_dilation`, on every slice where it stays a small part;
   * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split);
-  * else, inside a box or next to other evidence: the model re-segments the component in the largest box
-    shrunk to stop just before the negative (the model's own boundary), and the rest is cut;
-  * else (a leak along the slicing axis, no positive on this slice): the component, and the slices beyond it
-    (away from the positive clicks) that continue it.
+  * else, inside a box: the model re-segments the component in the largest box shrunk to stop just before
+    the negative (the model's own boundary), and the rest is cut;
+  * else, refining a seed without positive clicks: the excluded object, on every slice it spans;
+  * else (a leak along the slicing axis): the component, and the slices beyond it (away from the positive
+    clicks) that continue it, stopping where it merges with another object.
   Parts of the mask the cut disconnects from every positive click / box anchor / seed go too.
 The fold after each run is kept: one more click costs one step, so N prompts cost O(N) decoder runs.
 """
@@ -402,8 +403,11 @@ class _Walk:
             rr, cc = np.nonzero(comp)
             drop = nearer_to_negative(np.stack([rr, cc], 1), (r, c), pos_in)
             cut[k, rr[drop], cc[drop]] = True
-        elif self.box is not None or (fold.evidence[k] & comp).any():
+        elif self.box is not None:
             cut[k] = self.shrink_cut(k, comp, r, c)
+        elif not fold.positives and excluded:  # refining a seed: the object the negative points at goes
+            for kk, m in excluded.items():
+                cut[kk] = dilate(m, cfg.cut_dilation) & mask[kk]
         else:
             self.cut_along_axis(fold, mask, cut, k, comp)
         return self.detached(fold, mask, cut)
@@ -457,6 +461,8 @@ class _Walk:
                 region = self.components_touching(mask[kk], dilate(prev, 1))
                 if not region.any() or any(region[p[1:]] for p in fold.positives if p[0] == kk):
                     break
+                if (region & dilate(prev, 2)).sum() < self.cfg.min_overlap * region.sum():
+                    break  # merges with another object here (e.g. the other lung): stop before taking it
                 cut[kk] = region
                 prev, kk = region, kk + step
 
