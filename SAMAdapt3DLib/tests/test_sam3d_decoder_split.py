@@ -103,3 +103,18 @@ def test_click_part_logits_equal_full_decoder_forward(tiny):
     assert full.shape == split.shape == (1, 3, 32, 32, 32)
     assert (full - split).abs().max() < TOLERANCE * max(1.0, full.abs().max().item())
     assert (foreground - full.softmax(1)[:, 1:2]).abs().max() < TOLERANCE
+
+
+def test_upsampling_weights_cached_during_inference_serve_a_later_training_step():
+    """The interpolation weights are cached across calls: made first under inference_mode (a click), they must still
+    be usable in a backward (fine-tuning in the same process)."""
+    import torch
+
+    from samadapt3d.families.sam3d.decoder import _linear_weights, upsample_trilinear
+
+    _linear_weights.cache_clear()
+    with torch.inference_mode():
+        upsample_trilinear(torch.rand(1, 2, 3, 4, 5), (6, 8, 10))
+    x = torch.rand(1, 2, 3, 4, 5, requires_grad=True)
+    upsample_trilinear(x, (6, 8, 10)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -30,8 +30,11 @@ def _conv_norm_relu(in_dim: int, out_dim: int) -> list[nn.Module]:
 def _linear_weights(n_in: int, n_out: int) -> torch.Tensor:
     """[n_out, n_in] weights of PyTorch's 1D linear interpolation with align_corners=True (read from the
     kernel itself by interpolating the identity, so they are the weights F.interpolate uses)."""
-    eye = torch.eye(n_in, dtype=torch.float32)[None]  # n_in signals (channels), each a unit impulse
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T.contiguous()
+    # never an inference tensor: the cache outlives the call, and a training step after an inference_mode decode
+    # could not save an inference tensor for its backward
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(n_in, dtype=torch.float32)[None]  # n_in signals (channels), each a unit impulse
+        return F.interpolate(eye, size=n_out, mode="linear", align_corners=True)[0].T.contiguous()
 
 
 def upsample_trilinear(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
