@@ -118,3 +118,48 @@ def test_a_failing_session_opener_is_a_message():
     finally:
         runner.shutdown()
     assert "ConnectionRefusedError" in outcome.error and "127.0.0.1:1" in outcome.error
+
+
+def test_a_lost_server_is_reported_and_the_next_job_opens_a_new_session():
+    from samadapt3d.client import ServerError
+
+    class DeadServerSession(RecordingSession):
+        def add_point(self, point, positive=True, space="ras", view_axis=None):
+            raise ServerError("the samadapt3d server at 127.0.0.1:1 cannot be reached", None)
+
+    sessions = [DeadServerSession(), RecordingSession()]
+    opened = []
+
+    def opener():
+        opened.append(sessions[len(opened)])
+        return opened[-1]
+
+    runner = PromptRunner(opener, prepare=False)
+    try:
+        runner.submit(Job("image", 1, volume=object()))
+        runner.submit(Job("point", 1, point=(1, 1, 1)))
+        outcomes = wait(runner, 2)
+        sessions[1].gate.set()
+        runner.submit(Job("image", 2, volume=object()))
+        outcomes += wait(runner, 1)
+    finally:
+        runner.shutdown()
+    assert outcomes[1].server_lost and "cannot be reached" in outcomes[1].error
+    assert not outcomes[0].server_lost and outcomes[2].error is None
+    assert len(opened) == 2 and sessions[1].calls == ["set_image"]
+
+
+def test_a_refused_request_is_not_a_lost_server():
+    from samadapt3d.client import ServerError
+
+    class RefusingSession(RecordingSession):
+        def add_point(self, point, positive=True, space="ras", view_axis=None):
+            raise ServerError("box outside the image", 422, "InputError")
+
+    runner = PromptRunner(RefusingSession, prepare=False)
+    try:
+        runner.submit(Job("point", 1, point=(1, 1, 1)))
+        (outcome,) = wait(runner, 1)
+    finally:
+        runner.shutdown()
+    assert outcome.error and not outcome.server_lost

@@ -193,3 +193,32 @@ def test_the_poll_timer_stops_once_the_effect_is_deselected_and_idle(slicer_gui,
     assert scenes.segment_array(segmentation, ids[0], volume).sum() == 6 * 6 * 6, effect.lastStatus
     editor.activate("SAMAdapt3D")
     assert effect.timer.isActive()
+
+
+def test_a_server_that_died_for_good_gives_the_next_prompt_a_new_session(slicer_gui, scene, in_process_sessions):
+    """The local server died and its launcher could not bring it back: the prompt gets a message, the segment is kept,
+    and the next prompt opens a new session (a new server) instead of failing until the settings change."""
+    from samadapt3d.client import ServerError
+
+    volume, segmentation, ids, editor, view = setup_editor(slicer_gui, scene)
+    effect = editor.activate("SAMAdapt3D").self()
+    click(editor, view, slice_through(view, volume, (6, 7, 7)))  # the cube
+    wait_for(slicer_gui, effect_idle(effect))
+    dead = in_process_sessions[0][2]
+
+    def unreachable(*args, **kwargs):
+        raise ServerError("the samadapt3d server at 127.0.0.1:1 cannot be reached", None)
+
+    dead.add_point = dead.segment = unreachable
+    click(editor, view, slice_through(view, volume, (6, 16, 15)))  # the slab: the server is gone
+    wait_for(slicer_gui, effect_idle(effect))
+    assert "new server session" in effect.lastStatus
+    cube = np.zeros(scenes.SHAPE_KJI, dtype=bool)
+    cube[scenes.CUBE] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), cube)  # nothing lost
+    click(editor, view, slice_through(view, volume, (6, 17, 19)))  # again: a new session, the segment as its seed
+    wait_for(slicer_gui, effect_idle(effect))
+    assert len(in_process_sessions) == 2, effect.lastStatus
+    expected = cube.copy()
+    expected[scenes.SLAB] = True
+    assert np.array_equal(scenes.segment_array(segmentation, ids[0], volume), expected), effect.lastStatus

@@ -492,6 +492,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if job.generation != self.generation:
             return
         if outcome.error:
+            if outcome.server_lost:
+                # the next prompt opens a new session (a new local server if needed) on the segment as it is now
+                effect_session.server_changed()
+                self.setStatus(f"SAMAdapt3D: {outcome.error} The next prompt starts a new server session; the "
+                               "segment is kept as it is.")
+                return
             self.setStatus(f"SAMAdapt3D: {outcome.error}")
             return
         if outcome.cancelled:

@@ -45,6 +45,8 @@ class Outcome:
     error: str | None = None
     cancelled: bool = False
     seconds: float = 0.0
+    #: the server could not be reached (and its launcher could not bring it back): this session is gone
+    server_lost: bool = False
 
 
 class PromptRunner:
@@ -139,7 +141,10 @@ class PromptRunner:
         except CancelledError:
             return Outcome(job, cancelled=True, seconds=time.monotonic() - start)
         except SAMAdapt3DError as exc:  # bad prompt, model failure, server gone: a message, never a crash
-            return Outcome(job, error=str(exc), seconds=time.monotonic() - start)
+            lost = _is_connection_lost(exc)
+            if lost:
+                self.session = None  # its server is gone; a later job opens a new one
+            return Outcome(job, error=str(exc), seconds=time.monotonic() - start, server_lost=lost)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory in the server: Slicer must stay usable
             return Outcome(job, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - start)
         return Outcome(job, mask=mask, seconds=time.monotonic() - start)
@@ -161,3 +166,10 @@ class PromptRunner:
             p = job.prompts
             return session.segment(positive=p.positive, negative=p.negative, box=p.box, space="ras")
         raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def _is_connection_lost(exc: Exception) -> bool:
+    """A ServerError without an HTTP status: nothing answered (samadapt3d.client's convention)."""
+    from samadapt3d.client import ServerError
+
+    return isinstance(exc, ServerError) and exc.status is None
