@@ -14,6 +14,8 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
+from SAMAdapt3DSlicerLib.effect_session import DEFAULT_MODEL
+
 #: the embedded model must find the test ball this well from one click at its centre
 MIN_DICE = 0.7
 
@@ -140,7 +142,7 @@ class SAMAdapt3DTest(ScriptedLoadableModuleTest):
         server = server_control.ServerControl(python)
         try:
             self.delayDisplay("Starting a local server and the embedded model")
-            session = server.session_opener("litemedsam", "auto")
+            session = server.session_opener(DEFAULT_MODEL, "auto")
             session.set_image(bridge.volume_from_node(volumeNode))
             mask = session.add_point((32, 32, 12))
             bridge.write_segment_mask(segmentationNode, segmentID, mask, volumeNode)

@@ -37,7 +37,7 @@ def segment_all_classes(
     from .engines.slab import class_probabilities
     from .session import check_finite
 
-    if not getattr(model, "class_names", None):
+    if not model.multi_class:
         raise InputError(f"model family {model.family!r} is prompted, not multi-class: use `samadapt3d segment` "
                          "with clicks or a box")
     check_finite(volume.array)

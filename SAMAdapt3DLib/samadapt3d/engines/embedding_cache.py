@@ -238,7 +238,7 @@ class SliceEmbeddingCache:
     def content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
         """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
         neighbours (`slice_context`, 3D adapters) the neighbours too, in order."""
-        context = int(getattr(self.model, "slice_context", 0) or 0)
+        context = self.model.slice_context
         digest = hashlib.blake2b(digest_size=16)
         lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
         for k in range(lo, hi + 1):
@@ -248,7 +248,7 @@ class SliceEmbeddingCache:
 
     def _embeds_in_volume(self) -> bool:
         """A model that embeds a slice with its neighbours (3D adapters: `slice_context` > 0)."""
-        return int(getattr(self.model, "slice_context", 0) or 0) > 0
+        return self.model.slice_context > 0
 
     def _identity(self) -> str | None:
         if not isinstance(self.model, EncoderRuntime) or self.disk is None:
