@@ -1,4 +1,4 @@
-"""Every threshold of the slice engine's click / propagation strategy, in one place (engines/slice_strategy.py)."""
+"""Every threshold of the slice engine's click / propagation strategy, in one place (engines/slice_objects.py, engines/slice_strategy.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SliceConfig:
-    """Thresholds of SliceEngine (see the docstring of engines/slice_strategy.py for where each one acts)."""
+    """Thresholds of SliceEngine (see the docstrings of engines/slice_objects.py and slice_strategy.py for where each one acts)."""
 
     #: a propagated slice is prompted with its neighbour's mask box grown by this fraction of its longer side
     box_margin: float = 0.1

@@ -1,8 +1,8 @@
 """SliceEngine: 3D segmentation from any 2D SliceModel by slice-to-slice propagation.
 
 The engine (this file): the image, the slicing axis, the per-slice model calls and their caches. The click /
-propagation strategy (objects, propagation, how clicks compose, negative cuts) is engines/slice_strategy.py,
-its thresholds `SliceConfig` (engines/slice_config.py), the 2D helpers engines/slice_ops.py.
+propagation strategy: engines/slice_objects.py (objects, propagation) and engines/slice_strategy.py (how clicks
+compose, negative cuts); its thresholds `SliceConfig` (engines/slice_config.py), the 2D helpers engines/slice_ops.py.
 
 Slicing axis: the axis of the view the latest click came from (`prompts.view_axis`), else the axis with the
 largest spacing (the acquisition axis; pass `spacing=` to `set_image`), else 0.

@@ -1,0 +1,233 @@
+"""Objects of the slice strategy: what the 2D model finds for a box, a click or a negative click on its slice,
+propagated slice to slice (see engines/slice_strategy.py for how they compose, `SliceConfig` for the thresholds).
+
+- a 3D box: its middle slice prompted with the box, then propagated to both ends of the box;
+- a positive click: candidate boxes of several sizes centred on the click, each refitted to its own mask; the
+  candidate that keeps the click and scores best on predicted IoU x stability x edge contrast x intensity
+  homogeneity is the anchor, then propagated in both directions;
+- a negative click's "excluded object": the same search, but the smallest candidate scoring at least
+  `negative_score_ratio` of the best (what the user points at, not what encloses it), propagated.
+Propagation: each next slice is prompted with its neighbour's mask box (+ `box_margin`), refitted once when
+the mask touches the box; it stops at an empty / tiny mask, a mask that no longer overlaps its neighbour's, and,
+without a box, a low predicted IoU or a change of tissue intensity (the object has ended). A box bounds
+everything (its in-plane extent and its slices).
+
+All arrays here are "slicing-axis first": [slices, rows, cols].
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import CancelledError
+from .base import ModelPrompts
+from .prompts import click_voxels
+from .slice_config import SliceConfig
+from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
+
+if TYPE_CHECKING:
+    from .slice_strategy import SliceStrategy
+
+SliceObject = dict  # slice index -> float32 probability [rows, cols]
+
+class SliceObjects:
+    """The model calls and objects of one `run` along the slicing axis `axis` (the fold is SliceStrategy's)."""
+
+    def __init__(self, strategy: "SliceStrategy", axis: int, prompts: ModelPrompts, progress, cancel) -> None:
+        self.s = strategy
+        self.e = strategy.engine
+        self.cfg: SliceConfig = strategy.engine.config
+        self.axis = axis
+        self.progress = progress
+        self.cancel = cancel
+        shape = self.e.image.shape
+        self.n = shape[axis]
+        self.plane = tuple(s for a, s in enumerate(shape) if a != axis)
+        self.order = [axis] + [a for a in range(3) if a != axis]
+        self.shape = (self.n, *self.plane)
+        self.box = None
+        if prompts.box is not None:
+            lo, hi = (click_voxels(np.asarray(c)[self.order][None], self.shape)[0] for c in prompts.box)
+            self.box = (tuple(int(v) for v in lo), tuple(int(v) for v in hi))
+        self.done = 0
+
+    # ---- small helpers -----------------------------------------------------------------------
+    def voxel(self, point) -> tuple[int, int, int]:
+        return tuple(int(v) for v in click_voxels(np.asarray(point, float)[self.order][None], self.shape)[0])
+
+    def tick(self, message: str) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("segmentation cancelled")
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done / max(self.n, 1), 0.99), message)
+
+    def plane_box(self) -> Box | None:
+        if self.box is None:
+            return None
+        lo, hi = self.box
+        return (lo[1], lo[2], hi[1], hi[2])
+
+    def in_range(self, k: int) -> bool:
+        if self.box is None:
+            return 0 <= k < self.n
+        return self.box[0][0] <= k <= self.box[1][0]
+
+    def predict(self, k: int, boxes) -> tuple[np.ndarray, np.ndarray]:
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        return self.e.predict_boxes(data, np.asarray(boxes).reshape(-1, 4))
+
+    def key(self, kind: str, *what) -> tuple:
+        return (self.axis, kind, self.plane_box(), None if self.box is None else (self.box[0][0], self.box[1][0]),
+                *what)
+
+    # ---- objects -----------------------------------------------------------------------------
+    def box_object(self) -> tuple[SliceObject, int, np.ndarray]:
+        def make():
+            k = int(round((self.box[0][0] + self.box[1][0]) / 2))
+            self.tick(f"slice {k}")
+            logits, _ = self.predict(k, [self.plane_box()])
+            obj: SliceObject = {}
+            mask = logits[0] > 0
+            self.keep(obj, k, logits[0], mask)
+            self.propagate(obj, k, mask)
+            return obj, k, mask
+        return self.s.memo(self.key("box"), make)
+
+    def click_object(self, k: int, r: int, c: int) -> tuple[SliceObject]:
+        def make():
+            obj: SliceObject = {}
+            if not self.in_range(k):
+                return (obj,)
+            self.tick(f"click on slice {k}")
+            found = self.click_anchor(k, r, c, smallest=False)
+            if found is not None:
+                self.keep(obj, k, found, found > 0)
+                self.propagate(obj, k, found > 0)
+            return (obj,)
+        return self.s.memo(self.key("click", k, r, c), make)
+
+    def excluded_object(self, k: int, r: int, c: int) -> tuple[dict]:
+        def make():
+            obj: dict = {}
+            if not self.in_range(k):
+                return (obj,)
+            self.tick(f"negative click on slice {k}")
+            found = self.click_anchor(k, r, c, smallest=True)
+            if found is not None:
+                obj[k] = found > 0
+                self.propagate(obj, k, found > 0, masks_only=True)
+            return (obj,)
+        return self.s.memo(self.key("excluded", k, r, c), make)
+
+    def keep(self, obj: SliceObject, k: int, logits: np.ndarray, mask: np.ndarray) -> None:
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        p = np.where(mask, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3)).astype(np.float32)
+        if self.box is not None:
+            r0, c0, r1, c1 = self.plane_box()
+            inside = np.zeros(self.plane, bool)
+            inside[r0:r1 + 1, c0:c1 + 1] = True
+            p = np.where(inside, p, 0.0).astype(np.float32)
+        obj[k] = p
+
+    def click_anchor(self, k: int, r: int, c: int, smallest: bool) -> np.ndarray | None:
+        """Logits of the best candidate mask on slice k around the click (see the module docstring)."""
+        cfg = self.cfg
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        within = self.plane_box()
+        side = max(self.plane)
+        boxes: list[Box] = []
+        for frac in cfg.click_box_fractions:
+            h = max(2, int(round(frac * side)))
+            box = clip_box((r - h, c - h, r + h, c + h), self.plane, within)
+            if box_is_valid(box) and box not in boxes:
+                boxes.append(box)
+        final: list[tuple[np.ndarray, float]] = []
+        for round_ in range(cfg.click_rounds):
+            if not boxes:
+                break
+            logits, ious = self.e.predict_boxes(data, np.asarray(boxes))
+            grow = []
+            for box, lg, io in zip(boxes, logits, ious):
+                mask = lg > 0
+                if not mask[r, c]:
+                    continue  # lost the click: drop this candidate
+                new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
+                if round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
+                    grow.append(new)
+                else:
+                    final.append((lg, float(io)))
+            boxes = grow
+        scored = []
+        for logits, iou in final:
+            mask = logits > 0
+            score = iou * _stability(logits) * _edge(data.image01, mask) * _homogeneity(
+                data.image01, mask, r, c, cfg.homogeneity_tolerance)
+            scored.append((score, int(mask.sum()), logits))
+        if not scored:
+            return None
+        if not smallest:
+            return max(scored, key=lambda s: s[0])[2]
+        top = max(s[0] for s in scored)
+        return min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])[2]
+
+    def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
+                  adds_to: np.ndarray | None = None) -> None:
+        """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
+        the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
+        to it: a correction propagates only its change."""
+        cfg = self.cfg
+        if not mask0.any():
+            return
+        ref = float(np.median(self.e.slice_data(self.axis, k0, self.cancel).image01[mask0]))
+        within = self.plane_box()
+        lenient = self.box is not None and cfg.box_keeps_walking
+        for step in (+1, -1):
+            prev, k = mask0, k0 + step
+            while self.in_range(k) and prev.sum() >= cfg.min_area:
+                self.tick(f"slice {k}")
+                box = grow_box(bbox_2d(prev), cfg.box_margin, self.plane, within)
+                logits, iou = self.predict(k, [box])
+                logits, iou = logits[0], float(iou[0])
+                mask = logits > 0
+                fit = bbox_2d(mask)
+                if fit is not None and (fit[0] <= box[0] or fit[1] <= box[1] or fit[2] >= box[2] or fit[3] >= box[3]):
+                    refit = grow_box(fit, cfg.box_margin, self.plane, within)
+                    if refit != box:
+                        lg, io = self.predict(k, [refit])
+                        logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
+                if mask.sum() < cfg.min_area or (not lenient and iou < cfg.min_iou):
+                    break
+                if (mask & dilate(prev, 2)).sum() < cfg.min_overlap * mask.sum():
+                    break
+                if not lenient:
+                    level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
+                    if abs(level - ref) > cfg.max_level_change:
+                        break  # another tissue: the object has ended
+                if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
+                    break  # nothing new here: the correction has ended
+                if masks_only:
+                    obj[k] = mask
+                else:
+                    self.keep(obj, k, logits, mask)
+                prev, k = mask, k + step
+
+
+
+def _stability(logits: np.ndarray) -> float:
+    return float((logits > 1).sum() / max((logits > -1).sum(), 1))
+
+
+def _edge(img: np.ndarray, mask: np.ndarray) -> float:
+    ring = dilate(mask, 2) & ~mask
+    inner = mask & ~erode(mask, 2)
+    if not ring.any() or not inner.any():
+        return 0.0
+    return float(abs(img[inner].mean() - img[ring].mean())) + 1e-3
+
+
+def _homogeneity(img: np.ndarray, mask: np.ndarray, r: int, c: int, tolerance: float) -> float:
+    near = (slice(max(r - 1, 0), r + 2), slice(max(c - 1, 0), c + 2))
+    ref = float(np.median(img[near][mask[near]]))  # the click's neighbours inside the candidate (it holds the click)
+    return float(np.mean(np.abs(img[mask] - ref) < tolerance)) + 1e-3
