@@ -106,8 +106,13 @@ def test_reference_and_ours_agree_and_are_timed(fake_checkout):
     said = []
     result = bench_reference.run(fake_checkout, config, repeats=2, points=2, say=said.append)
     assert result["max_dp"] < 1e-4
-    assert result["reference_wall"] > 0 and result["ours_wall"] > 0 and result["cpu_ratio"] > 0
-    assert result["wall_ratio"] == pytest.approx(result["reference_wall"] / result["ours_wall"])
+    for side in ("reference", "ours"):
+        for part in ("encoder", "decode"):
+            assert result[f"{side}_{part}_wall"] > 0 and result[f"{side}_{part}_cpu"] > 0
+        assert result[f"{side}_total_wall"] >= result[f"{side}_encoder_wall"]
+        assert 2**26 < result[f"{side}_peak_rss"] < 2**34  # a torch process: more than 64 MiB, less than 16 GiB
+    assert result["total_wall_ratio"] == pytest.approx(result["reference_total_wall"] / result["ours_total_wall"])
+    assert result["encoder_cpu_ratio"] == pytest.approx(result["reference_encoder_cpu"] / result["ours_encoder_cpu"])
     assert sum("published" in line for line in said) == 2 and sum("ours" in line for line in said) == 2
     # imported at run time only: nothing of the checkout stays importable
     import sys
