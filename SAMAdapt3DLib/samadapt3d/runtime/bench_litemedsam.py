@@ -34,7 +34,33 @@ def _real_slices(count: int) -> list[np.ndarray]:
     return [array[k] for k in picks]
 
 
+class _Batched:
+    """A candidate called with `size` copies of the slice per call (throughput per slice); returns the first."""
+
+    def __init__(self, run: Callable, size: int) -> None:
+        self.run, self.size = run, size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images.expand(self.size * images.shape[0], -1, -1, -1).contiguous())[: images.shape[0]]
+
+
+def _split_batch(name: str) -> tuple[str, int]:
+    """"openvino-fp32@4" -> ("openvino-fp32", 4): the candidate run on 4 slices per call."""
+    base, _, size = name.partition("@")
+    return base, int(size or 1)
+
+
 def _candidates(model, device: torch.device, names: list[str], folder: Path) -> dict[str, Callable]:
+    base = {name: _split_batch(name) for name in names}
+    built = _base_candidates(model, device, {b for b, _ in base.values()}, folder)
+    out: dict[str, Callable] = {"torch-fp32": built["torch-fp32"]}
+    for name, (b, size) in base.items():
+        if b in built:
+            out[name] = built[b] if size == 1 else _Batched(built[b], size)
+    return out
+
+
+def _base_candidates(model, device: torch.device, names: set[str], folder: Path) -> dict[str, Callable]:
     encoder = model.image_encoder
     out: dict[str, Callable] = {"torch-fp32": TorchEncoder(encoder, "fp32")}
     if "torch-bf16" in names:
@@ -46,7 +72,10 @@ def _candidates(model, device: torch.device, names: list[str], folder: Path) -> 
         for precision in ("fp32", "bf16"):
             if f"openvino-{precision}" in names:
                 out[f"openvino-{precision}"] = OpenVINOEncoder(encoder, precision, model.image_size, digest, folder)
-    return {k: v for k, v in out.items() if k in names or k == "torch-fp32"}
+            if f"openvino-{precision}-throughput" in names:
+                out[f"openvino-{precision}-throughput"] = OpenVINOEncoder(
+                    encoder, precision, model.image_size, digest, folder, hint="THROUGHPUT")
+    return out
 
 
 def bench_encoders(args) -> list[tuple[str, str]]:
@@ -74,8 +103,9 @@ def bench_encoders(args) -> list[tuple[str, str]]:
                         t0, c0 = time.perf_counter(), time.process_time()
                         y = run(x)
                         _sync(device)
-                        times[name].append((time.perf_counter() - t0) / args.batch)
-                        cpu[name].append((time.process_time() - c0) / args.batch)
+                        per_call = args.batch * _split_batch(name)[1]
+                        times[name].append((time.perf_counter() - t0) / per_call)
+                        cpu[name].append((time.process_time() - c0) / per_call)
                         if len(outputs[name]) < len(inputs):
                             outputs[name].append(y[:1].float().cpu())
     rows = [("machine", _machine(device)), ("setup (exports, compiles)", f"{setup:.1f} s"),
@@ -218,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=3, help="real CT slices per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (each times every candidate on every slice)")
     parser.add_argument("--candidates", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16",
-                        help="comma-separated: torch-fp32, torch-bf16, torch-compile, openvino-fp32, openvino-bf16")
+                        help="comma-separated: torch-fp32, torch-bf16, torch-compile, openvino-fp32, openvino-bf16, "
+                             "openvino-fp32-throughput, openvino-bf16-throughput; NAME@4: 4 slices per call")
     parser.add_argument("--batch", type=int, default=1, help="slices per encoder call (GPU throughput)")
     parser.add_argument("--parity", action="store_true",
                         help="instead: every demo structure's click with fp32 and --precisions, Dice to fp32")

@@ -106,7 +106,9 @@ class OpenVINOEncoder:
     """An OpenVINO CPU model compiled from the module's IR (exported once per weights into `folder`)."""
 
     def __init__(self, module: nn.Module, precision: str, image_size: int, digest: str,
-                 folder: Path | None = None) -> None:
+                 folder: Path | None = None, hint: str = "LATENCY") -> None:
+        """`hint`: OpenVINO's PERFORMANCE_HINT ("LATENCY": one request uses every thread; "THROUGHPUT": several
+        streams, which pays only for batches; the benchmark compares them)."""
         import openvino as ov
 
         self.precision = precision
@@ -116,7 +118,7 @@ class OpenVINOEncoder:
             export_openvino_ir(module, image_size, self.ir_path)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": max(torch.get_num_threads(), 1)}
+                  "PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": max(torch.get_num_threads(), 1)}
         self.compiled = core.compile_model(core.read_model(self.ir_path), "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request: calls from the prefetch thread and the engine take turns
