@@ -153,8 +153,8 @@ class PromptRunner:
         session = self.session
         if job.kind == "image":
             session.set_image(job.volume)
-            if self._prepare:
-                session.prepare()
+            if self._prepare:  # in the background: the first click is not held behind a whole-volume warm-up
+                session.prepare(background=True)
             return session.set_seed_mask(job.seed) if job.seed is not None and job.seed.any() else session.mask
         if job.kind == "reseed":
             return session.set_seed_mask(job.seed if job.seed is not None and job.seed.any() else None)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .engines.base import ModelPrompts, Preparable
+from .engines.base import ModelPrompts, Preparable, Prefetching
 from .errors import CancelledError, InputError
 from .preprocess import ModelSpace
 from .volume import Volume
@@ -212,11 +212,21 @@ class InteractiveSession:
             self._redo.clear()
             self._report(1.0, "image ready")
 
-    def prepare(self) -> int:
+    def prepare(self, background: bool = False) -> int:
         """Do ahead of the first prompt what does not depend on it (a slice engine embeds every slice along the
         acquisition axis), so the first click is fast; cancellable with `cancel`. Returns the units of work done
-        (0 for engines with nothing to prepare, e.g. a crop engine, whose crops follow the clicks)."""
+        (0 for engines with nothing to prepare, e.g. a crop engine, whose crops follow the clicks).
+
+        `background=True` returns at once (0) and does that work in a background thread instead, where the engine
+        can (`Prefetching`: a slice engine embeds outward from the middle slice, then from each click's slice;
+        a click pauses it and embeds what it needs first), so a large CT is usable at once; stopped by the next
+        `set_image`."""
         self._require_image()
+        if background:
+            if isinstance(self.engine, Prefetching):
+                with self._lock:
+                    self.engine.prefetch()
+            return 0
         if not isinstance(self.engine, Preparable):
             return 0
         with self._lock, self._cancellable() as event:

@@ -258,3 +258,90 @@ def test_get_many_embeds_missing_slices_in_one_batch(tmp_path):
     again.set_image(vol)
     again.get_many(0, [0, 1, 2, 3, 4])
     assert again.stats["disk_hits"] == 4 and again.stats["embedded"] == 1
+
+
+class _Ordered(Tiny):
+    """Tiny that records which slice it embeds (the test volumes hold slice k's number in every pixel)."""
+
+    def __init__(self, delay=0.0):
+        super().__init__(delay=delay)
+        self.order = []
+
+    def embed(self, images):
+        self.order.extend(int(round(float(v))) for v in images[:, 0].mean(dim=(1, 2)))
+        return super().embed(images)
+
+
+def _numbered(depth):
+    return np.broadcast_to(np.arange(depth, dtype=np.float32)[:, None, None], (depth, 16, 16)).copy()
+
+
+def _wait_idle(cache, timeout=20.0):
+    start = time.monotonic()
+    while cache.prefetching():
+        assert time.monotonic() - start < timeout, "prefetch did not finish"
+        time.sleep(0.01)
+
+
+def test_engine_prefetch_pauses_for_a_run_and_restarts_from_the_click():
+    from samadapt3d.engines.base import ModelPrompts
+
+    model = _Ordered(delay=0.02)
+    engine = SliceEngine(model, disk_cache=None)
+    engine.set_image(_numbered(40))
+    seen = {}
+
+    def run(axis, prompts, seed, progress, cancel):  # the strategy, replaced: what the run sees
+        seen["prefetching"] = engine.embeddings.prefetching()
+        count = len(model.order)
+        time.sleep(0.15)
+        seen["embedded during the run"] = len(model.order) - count
+        engine.slice_data(axis, 30)  # the click's own slice: embedded by the run itself
+        return np.zeros(engine.image.shape, np.float32)
+
+    engine.strategy.run = run
+    engine.prefetch(axis=0, centre=0)
+    time.sleep(0.1)
+    engine.run(ModelPrompts(positive=[[30.0, 8.0, 8.0]]))
+    assert seen == {"prefetching": False, "embedded during the run": 0}
+    after_click = model.order.index(30) + 1
+    _wait_idle(engine.embeddings)
+    assert model.order[:3] == [0, 1, 2]  # from the given centre (0) outward
+    # after the click: outward from slice 30 (31, 29, 32, ...), skipping what is cached
+    assert model.order[after_click:after_click + 4] == [31, 29, 32, 28]
+    assert sorted(model.order) == list(range(40))  # every slice once
+    engine.set_image(_numbered(40) + 100)  # a new image: no prefetch until asked again
+    engine.run(ModelPrompts(positive=[[5.0, 8.0, 8.0]]))
+    assert not engine.embeddings.prefetching()
+
+
+def test_prefetch_stops_when_the_memory_budget_is_full():
+    model = _Ordered()
+    probe = SliceEmbeddingCache(model)
+    probe.set_image(_numbered(30))
+    entry = probe.get(0, 0).nbytes
+    model.order.clear()
+    cache = SliceEmbeddingCache(model, memory_bytes=6 * entry)
+    cache.set_image(_numbered(30))
+    cache.prefetch(0, 15)
+    _wait_idle(cache)
+    assert model.order == [15, 16, 14, 17, 13, 18]  # then full: nothing evicted, the centre stays
+    assert all(cache.cached(0, k) for k in (13, 14, 15, 16, 17, 18))
+
+
+def test_session_prepare_in_the_background_returns_at_once():
+    from samadapt3d.session import InteractiveSession
+    from samadapt3d.volume import Volume
+
+    model = _Ordered(delay=0.03)
+    session = InteractiveSession(model, engine=SliceEngine(model, disk_cache=None))
+    session.set_image(Volume(_numbered(20), spacing=(1.0, 1.0, 3.0)))  # k (array axis 0) the acquisition axis
+    start = time.monotonic()
+    assert session.prepare(background=True) == 0
+    assert time.monotonic() - start < 0.5 * 60 * 0.03  # did not embed the volume first
+    _wait_idle(session.engine.embeddings)
+    engine = session.engine  # the preset resamples (1 mm) and normalises: every model slice, whatever its number
+    axis = engine.default_axis()
+    assert engine.image.shape[axis] == 60 and all(engine.embeddings.cached(axis, k) for k in range(60))
+    session.set_image(Volume(_numbered(20) + 50, spacing=(1.0, 1.0, 3.0)))
+    assert not session.engine.embeddings.prefetching()

@@ -98,6 +98,7 @@ def test_every_session_operation_matches_the_in_process_session(client):
     assert np.array_equal(remote.to_index(ras, "ras"), local.to_index(ras, "ras"))
     assert remote.box_to_index((1, 1, 1), (30, 4, 4)) == local.box_to_index((1, 1, 1), (30, 4, 4))
     assert remote.prepare() == local.prepare() == 0
+    assert remote.prepare(background=True) == local.prepare(background=True) == 0  # the option reaches the server
     assert not remote.busy
 
 

@@ -79,9 +79,10 @@ class RemoteSession:
         self._image_id = image_id
         self._run("image", payload, shape=volume.array.shape)  # answered with a reset delta: an empty mask
 
-    def prepare(self) -> int:
+    def prepare(self, background: bool = False) -> int:
+        """See InteractiveSession.prepare (background=True: the server embeds in the background, answers at once)."""
         self._require_image()
-        return int(self._op("prepare"))
+        return int(self._op("prepare", {"background": True} if background else None))
 
     # ---- read-only state ------------------------------------------------------------------------
     def _require_image(self) -> Volume:

@@ -78,3 +78,12 @@ class Preparable(Protocol):
 
     def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> int:
         """Do the prompt-independent work; returns the units of work done. Cancellable."""
+
+
+@runtime_checkable
+class Prefetching(Protocol):
+    """An engine that can do its prompt-independent work in the background (a slice engine embeds outward from
+    the slice the user looks at, pausing for each click)."""
+
+    def prefetch(self, axis: int | None = None, centre: int | None = None) -> None:
+        """Start the background work (returns at once); a later set_image stops it."""

@@ -336,7 +336,8 @@ class SliceEmbeddingCache:
     def prefetch(self, axis: int, centre: int, on_done: Callable[[int], None] | None = None,
                  batch: int | None = None) -> threading.Event:
         """Embed every slice along `axis` in the background, outward from `centre` (centre, +1, -1, +2, ...),
-        replacing any prefetch running. Returns its cancel event; `stop_prefetch` cancels and joins it."""
+        replacing any prefetch running; it stops when the memory budget is full (going on would evict the slices
+        nearest the centre, embedded first). Returns its cancel event; `stop_prefetch` cancels and joins it."""
         self.stop_prefetch()
         cancel = threading.Event()
         count = self.image.shape[axis]
@@ -347,7 +348,7 @@ class SliceEmbeddingCache:
             done = 0
             try:
                 for start in range(0, len(order), step):
-                    if cancel.is_set():
+                    if cancel.is_set() or self._full(axis, order[start:start + step]):
                         return
                     self.get_many(axis, order[start:start + step], cancel)
                     done += len(order[start:start + step])
@@ -360,6 +361,15 @@ class SliceEmbeddingCache:
         self._prefetch = (thread, cancel)
         thread.start()
         return cancel
+
+    def _full(self, axis: int, indices: list[int]) -> bool:
+        """Embedding `indices` would push an entry out of memory (sized like the last entry stored)."""
+        with self._lock:
+            missing = sum(not self.cached(axis, k) for k in indices)
+            if not missing or not self._memory:
+                return False
+            entry = next(reversed(self._memory.values())).nbytes
+            return self._used + missing * entry > self.memory_bytes
 
     def stop_prefetch(self) -> None:
         running = self._prefetch

@@ -56,6 +56,8 @@ class SliceEngine:
         self.embeddings = SliceEmbeddingCache(model, cache_bytes, disk=disk_cache, stats=self.stats)
         #: objects per prompt and the last composition (engines/slice_strategy.py)
         self.strategy = SliceStrategy(self)
+        #: background embedding on (`prefetch`): each run pauses it and restarts it from the clicked slice
+        self._background = False
 
     # ---- Engine protocol -----------------------------------------------------------------------
     def set_image(self, image: np.ndarray, spacing=None) -> None:
@@ -72,8 +74,38 @@ class SliceEngine:
             if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
                 raise InputError(f"spacing must be 3 positive numbers (D, H, W), got {spacing}")
         self.spacing = spacing
+        self._background = False  # a new image: prefetch again when wanted
         self.embeddings.set_image(image)
         self.strategy.reset()
+
+    # ---- background embedding ------------------------------------------------------------------
+    def prefetch(self, axis: int | None = None, centre: int | None = None) -> None:
+        """Embed the slices along `axis` (default: the acquisition axis) in a background thread, outward from
+        `centre` (default: the middle slice), until the memory budget is full. From then on each run pauses it
+        (a click waits for at most the slice being embedded, then embeds lazily the slices it needs) and restarts
+        it outward from the run's latest click. Off with `stop_prefetch` or a new `set_image`."""
+        if self.image is None:
+            raise InputError("call set_image before prefetch")
+        axis = self.default_axis() if axis is None else int(axis)
+        if axis not in (0, 1, 2):
+            raise InputError(f"axis must be 0, 1 or 2, got {axis}")
+        centre = self.image.shape[axis] // 2 if centre is None else int(centre)
+        self._background = True
+        self.embeddings.prefetch(axis, centre)
+
+    def stop_prefetch(self) -> None:
+        self._background = False
+        self.embeddings.stop_prefetch()
+
+    @staticmethod
+    def _focus(prompts: ModelPrompts, axis: int) -> int | None:
+        """The slice along `axis` the user looks at: the latest click's, else the box's middle."""
+        clicks = prompts.clicks()
+        if clicks:
+            return int(round(float(clicks[-1][1][axis])))
+        if prompts.box is not None:
+            return int(round(float(prompts.box[0][axis] + prompts.box[1][axis]) / 2))
+        return None
 
     def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
                 axis: int | None = None) -> int:
@@ -114,7 +146,15 @@ class SliceEngine:
         self.last_axis = axis
         if seed is not None and np.shape(seed) != shape:
             raise InputError(f"seed mask shape {np.shape(seed)} does not match the image {shape}")
-        prob = self.strategy.run(axis, prompts, seed, progress, cancel)
+        background = self._background
+        if background:
+            self.embeddings.stop_prefetch()  # joins after the slice in progress: the click has the CPU
+        try:
+            prob = self.strategy.run(axis, prompts, seed, progress, cancel)
+        finally:
+            if background and self._background:
+                focus = self._focus(prompts, axis)
+                self.embeddings.prefetch(axis, self.image.shape[axis] // 2 if focus is None else focus)
         return np.ascontiguousarray(np.moveaxis(prob, 0, axis))
 
     def _check_inside(self, prompts: ModelPrompts) -> None:

@@ -271,7 +271,7 @@ def _set_image(c: _Context) -> None:
 
 
 def _prepare(c: _Context) -> int:
-    return int(c.session.prepare())
+    return int(c.session.prepare(background=_field(c.body, "background", bool, False)))
 
 
 def _point(c: _Context) -> None:
