@@ -169,9 +169,32 @@ def clinical_volume(depth: int, side: int = 512):
     return Volume(array, spacing=spacing, origin=volume.origin, direction=volume.direction), labels, factors
 
 
+class _Timed:
+    """Wraps a model method: calls, wall and CPU seconds (all threads) spent in it."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.calls, self.wall, self.cpu = fn, 0, 0.0, 0.0
+
+    def __call__(self, *args, **kwargs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.calls += 1
+            self.wall += time.perf_counter() - t0
+            self.cpu += time.process_time() - c0
+
+    def take(self) -> str:
+        out = f"{self.calls} calls, {self.wall:.1f} s ({self.cpu:.1f} CPU s)"
+        self.calls, self.wall, self.cpu = 0, 0.0, 0.0
+        return out
+
+
 def bench_session(args) -> list[tuple[str, str]]:
-    """A clinical-size session: whole-CT embedding, a first click with the outward prefetch, a warm click,
-    a second session reading the on-disk cache; peak RSS."""
+    """A clinical-size session as the Slicer effect runs it: set_image, prepare(background=True) (outward from the
+    middle slice), a first click at once (it pauses the prefetch, embeds its own slices, then the prefetch goes on
+    from the clicked slice), the whole CT embedded, a warm click, a second session reading the on-disk cache;
+    decoder and encoder calls per step, cache bytes per slice, peak RSS."""
     from ..demo import DEMO_CLICKS, dice
     from ..engines.embedding_cache import DiskEmbeddingStore
     from ..models import load_model
@@ -180,41 +203,47 @@ def bench_session(args) -> list[tuple[str, str]]:
     device = resolve_device(args.device)
     model = load_model("litemedsam", device=device, precision=args.precision)
     volume, labels, factors = clinical_volume(args.session)
-    name = "right lung"
-    click = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS[name], factors))
+    t0 = time.perf_counter()
+    with torch.no_grad():  # export (first use only: kept in the cache folder) and compile, not a click's cost
+        model.decode(model.embed(torch.zeros(1, 3, model.image_size, model.image_size)),
+                     boxes=torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
+    setup = time.perf_counter() - t0
+    decode, embed = _Timed(model.decode), _Timed(model.embed)
+    model.decode, model.embed = decode, embed  # instance attributes: counted, nothing else changes
     rows = [("machine", _machine(device)), ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k), "
-                                                      f"backend {model.backend()}")]
+                                                      f"encoder {model.backend()}"),
+            ("setup (export or load, compile)", f"{setup:.1f} s")]
+
+    def click_at(session, name: str) -> str:
+        point = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS[name], factors))
+        t0, c0 = time.perf_counter(), time.process_time()
+        mask = np.asarray(session.add_point(point, positive=True, space="ijk")) > 0
+        return (f"{time.perf_counter() - t0:.1f} s (CPU {time.process_time() - c0:.1f} s), Dice "
+                f"{dice(mask, labels[name]):.3f}; decoder {decode.take()}; encoder {embed.take()}")
+
     with tempfile.TemporaryDirectory() as tmp:
         store = DiskEmbeddingStore(Path(tmp))
         session = InteractiveSession(model)
         session.engine.embeddings._disk = store
         session.set_image(volume)
-        axis = session.engine.default_axis()
-        centre = int(round(click[2]))  # the slicing (k) axis
+        cache = session.engine.embeddings
         start = time.perf_counter()
-        session.engine.embeddings.prefetch(axis, centre)
-        mask = np.asarray(session.add_point(click, positive=True, space="ijk")) > 0
-        first = time.perf_counter() - start
-        rows.append(("first click (prefetch from the clicked slice)",
-                     f"{first:.1f} s, Dice {dice(mask, labels[name]):.3f}, {session.engine.stats['embedded']} "
-                     f"slices embedded by then"))
-        while session.engine.embeddings.prefetching():
+        session.prepare(background=True)
+        rows.append(("first click, right lung (prefetch running)", click_at(session, "right lung")))
+        while cache.prefetching():
             time.sleep(0.2)
-        whole = time.perf_counter() - start
-        rows.append(("whole CT embedded (from the first click)", f"{whole:.1f} s for {args.session} slices "
-                     f"({session.engine.embeddings.used_bytes / 2**20:.0f} MiB in memory)"))
+        count = sum(cache.cached(session.engine.default_axis(), k) for k in range(args.session))
+        rows.append(("whole CT embedded (from prepare)", f"{time.perf_counter() - start:.1f} s, {count} of "
+                     f"{args.session} slices in memory, {cache.used_bytes / max(count, 1) / 2**20:.2f} MiB per "
+                     f"slice ({cache.used_bytes / 2**20:.0f} MiB); encoder {embed.take()}"))
         session.reset()
-        other = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS["left lung"], factors))
-        start = time.perf_counter()
-        mask = np.asarray(session.add_point(other, positive=True, space="ijk")) > 0
-        rows.append(("warm click (left lung, all embedded)", f"{time.perf_counter() - start:.1f} s, "
-                     f"Dice {dice(mask, labels['left lung']):.3f}"))
+        rows.append(("warm click, left lung (all embedded)", click_at(session, "left lung")))
         restarted = InteractiveSession(model)  # a new process would see the same disk store
         restarted.engine.embeddings._disk = store
         restarted.set_image(volume)
-        start = time.perf_counter()
-        restarted.engine.warm_up(axis=axis)
-        rows.append(("new session, disk cache", f"{time.perf_counter() - start:.1f} s to load {args.session} slices, "
+        t0 = time.perf_counter()
+        restarted.engine.warm_up(axis=session.engine.default_axis())
+        rows.append(("new session, disk cache", f"{time.perf_counter() - t0:.1f} s to load {args.session} slices, "
                      f"{restarted.engine.stats['embedded']} embedded"))
     rows.append(("peak RSS", _peak_rss()))
     if device.type == "cuda":
