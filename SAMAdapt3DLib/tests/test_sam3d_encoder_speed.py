@@ -1,5 +1,5 @@
-"""The 3DSAM-adapter encoder's speed-ups are exact: attention run a few windows at a time with the relative
-positions and shift mask added in place equals the naive masked attention, no float window mask is held,
+"""The 3DSAM-adapter encoder's speed-ups are exact: the packed attention (relative positions and shift mask as
+extra q / k columns of one fused attention) equals the naive masked attention, no float window mask is held,
 and the allocator setting is applied once."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_sam3d_reference import literal_block, randomised
 
-from samadapt3d.families.sam3d import SAM3DAdapter, Sam3DAdapterConfig, allocator, encoder
+from samadapt3d.families.sam3d import SAM3DAdapter, Sam3DAdapterConfig, allocator, encoder, linear
 
 #: float32 results of a different summation order
 TOLERANCE = 1e-5
@@ -19,11 +19,10 @@ def tiny() -> SAM3DAdapter:
     return randomised(SAM3DAdapter(Sam3DAdapterConfig.tiny()), seed=7)
 
 
-@pytest.mark.parametrize("chunk_bytes", [encoder.ATTENTION_CHUNK_BYTES, 3 * 4 * 64 * 64 * 4])
 @pytest.mark.parametrize("index", [0, 1])  # shifted, then unshifted block
-def test_chunked_in_place_attention_equals_naive(tiny, monkeypatch, index, chunk_bytes):
-    # 3 windows per chunk: chunks that mix boundary and interior windows, and a last short chunk (8 windows)
-    monkeypatch.setattr(encoder, "ATTENTION_CHUNK_BYTES", chunk_bytes)
+def test_packed_attention_equals_naive(tiny, index):
+    # relative positions and the axis-split shift mask as extra q / k columns of one fused attention, two crops
+    # in a batch (windows are batch-major: the shift terms repeat per crop)
     block = tiny.image_encoder.blocks[index]
     x = torch.randn(2, 8, 8, 8, 48)
     with torch.no_grad():
@@ -32,16 +31,13 @@ def test_chunked_in_place_attention_equals_naive(tiny, monkeypatch, index, chunk
     assert (ours - naive).abs().max() < TOLERANCE
 
 
-@pytest.mark.parametrize("index", [0, 1])
-def test_fused_sdpa_path_equals_naive(tiny, monkeypatch, index):
-    # the GPU path (scaled_dot_product_attention with the bias as attn_mask), forced on the CPU
-    monkeypatch.setattr(encoder, "SDPA_ON_CPU", True)
-    block = tiny.image_encoder.blocks[index]
-    x = torch.randn(1, 8, 8, 8, 48)
-    with torch.no_grad():
-        ours = block(x)
-        naive = literal_block(block, x)
-    assert (ours - naive).abs().max() < TOLERANCE
+def test_packed_head_dim_holds_the_relative_columns():
+    assert encoder.packed_head_dim(64, 8) == 96  # published ViT-B: 64 + 3 * 8 = 88, rounded up
+    assert encoder.packed_head_dim(12, 4) == 32
+    assert encoder.packed_head_dim(8, 8) == 32
+    onehots = encoder.axis_onehots(4, 0.5)
+    assert onehots.shape == (64, 12) and torch.equal(onehots.sum(1), torch.full((64,), 6.0))
+    assert onehots[1 * 16 + 2 * 4 + 3].nonzero().flatten().tolist() == [1, 4 + 2, 8 + 3]  # token (h, w, d) = (1, 2, 3)
 
 
 def test_training_path_has_gradients_equal_to_inference(tiny):
@@ -64,9 +60,14 @@ def test_no_float_window_mask_is_held():
     ids = block.window_regions.long()
     expected[ids[:, :, None] != ids[:, None, :]] = -100.0
     assert torch.equal(block.attn_mask, expected) and (expected != 0).any()
-    # windows whose tokens lie in one region need no mask: exactly those are marked interior
-    assert block.window_boundary.tolist() == [bool((row != row[0]).any()) for row in ids]
-    assert not bool(block.window_boundary.all())
+    # the axis-split terms: -100 in the query's column of key position p on an axis where p is in another segment;
+    # summed over the three axes, a pair gets a term < 0 exactly when the published mask has -100
+    terms = block.shift_terms
+    w = 4
+    hwd = torch.stack(torch.meshgrid(*(torch.arange(w),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    summed = sum(terms[:, :, a * w:(a + 1) * w][:, :, hwd[:, a]] for a in range(3))  # [nW, n (query), n (key)]
+    assert torch.equal(summed < 0, expected < 0)
+    assert set(summed.unique().tolist()) <= {0.0, -100.0, -200.0, -300.0}
 
 
 def test_keep_freed_memory_is_applied_once(monkeypatch):
@@ -90,3 +91,16 @@ def test_keep_freed_memory_is_applied_once(monkeypatch):
     monkeypatch.setenv(allocator.OPT_OUT_VARIABLE, "0")
     assert allocator.keep_freed_memory() is False
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
+def test_onednn_linear_equals_the_plain_layer(activation):
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(48, 96)
+    x = torch.randn(2, 4, 4, 4, 48)
+    plain = {"none": lambda t: t, "relu": torch.relu, "gelu": torch.nn.GELU()}[activation](x @ layer.weight.T + layer.bias)
+    with torch.inference_mode():
+        fused = linear.linear(x, layer, activation)
+    assert fused.shape == plain.shape and (fused - plain).abs().max() < TOLERANCE
+    if activation != "none":  # the activation really ran: about half of the outputs were negative before it
+        assert (plain == 0).float().mean() > 0.3 if activation == "relu" else (plain < 0).any()

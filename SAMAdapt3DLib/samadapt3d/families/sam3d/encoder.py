@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from ...sam.common import LayerNorm3d, MLPBlock
 from ...sam.image_encoder import PatchEmbed, get_rel_pos
 from .config import Sam3DAdapterConfig
+from .linear import linear
 
 #: The published shift mask uses -100, not -inf; kept for identical softmax values.
 SHIFT_MASK_VALUE = -100.0
@@ -49,9 +50,9 @@ class Adapter(nn.Module):
         self.linear2 = nn.Linear(mid_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, H, W, D, C]
-        out = F.relu(self.linear1(x))
+        out = linear(x, self.linear1, "relu")
         out = F.relu(self.conv(out.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1))
-        return x + F.relu(self.linear2(out))
+        return x + linear(out, self.linear2, "relu")
 
 
 def window_partition_3d(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -92,14 +93,42 @@ def shifted_window_mask(grid: tuple[int, int, int], window: int, shift: int) -> 
     return region_mask(shifted_window_regions(grid, window, shift))
 
 
-#: attention logits computed at once, in bytes: a few windows at a time instead of all 64 windows of a 128³
-#: crop (0.8 GB per block), so the transient buffers stay small, are reused, and stay in the allocator
-ATTENTION_CHUNK_BYTES = 32 << 20
-#: on a GPU, the logits of all windows at once (a few large kernels, no host sync: CUDA-graph friendly)
-ATTENTION_CHUNK_BYTES_GPU = 4 << 30
-#: fused scaled_dot_product_attention with the bias as attn_mask (same result up to rounding); on by default
-#: on GPUs, where it saves the softmax buffer and kernel launches; on the CPU the in-place path is faster
-SDPA_ON_CPU = False
+#: the packed head width of the fused attention is rounded up to a multiple of this (measured on a 2-core AMD EPYC
+#: (Zen 4) with torch 2.13's CPU flash kernel: 96 columns ran faster than 88)
+PACKED_HEAD_ALIGN = 32
+
+
+def packed_head_dim(head_dim: int, window: int) -> int:
+    """Columns of the packed q / k / v: the head, one relative-position column per window position on each of the
+    three axes, zeros up to a multiple of PACKED_HEAD_ALIGN."""
+    return -(-(head_dim + 3 * window) // PACKED_HEAD_ALIGN) * PACKED_HEAD_ALIGN
+
+
+def axis_onehots(window: int, scale: float) -> torch.Tensor:
+    """[window³, 3 * window]: for key token (h, w, d) of a window, 1 / scale in column h, window + w and
+    2 * window + d (scaled back by the attention's scale to exactly the query's relative-position term)."""
+    pos = torch.arange(window)
+    eye = torch.eye(window)
+    h, w, d = (t.reshape(-1) for t in torch.meshgrid(pos, pos, pos, indexing="ij"))
+    return torch.cat([eye[h], eye[w], eye[d]], dim=1) / scale
+
+
+def axis_shift_terms(regions: torch.Tensor, window: int) -> torch.Tensor:
+    """[nW, window³, 3 * window]: the shift mask split by axis, for the query columns of the packed attention.
+
+    A shifted window's regions are products of one segment per axis (region id = 9 * h + 3 * w + d, see
+    shifted_window_regions), so query i and key j are in different regions iff some axis segment differs.
+    Adding SHIFT_MASK_VALUE per differing axis (not once) changes only logits that are already <= -100 below
+    the others: exp(-100) ~ 4e-44 is below float32 resolution next to the unmasked terms either way."""
+    ids = regions.long().reshape(-1, window, window, window)
+    segments = (ids[:, :, 0, 0] // 9, ids[:, 0, :, 0] // 3 % 3, ids[:, 0, 0, :] % 3)  # each [nW, window]
+    pos = torch.arange(window, device=regions.device)
+    h, w, d = (t.reshape(-1) for t in torch.meshgrid(pos, pos, pos, indexing="ij"))
+    terms = []
+    for seg, coord in zip(segments, (h, w, d)):
+        differ = seg[:, coord, None] != seg[:, None, :]  # [nW, window³ (query), window (key position)]
+        terms.append(differ.float() * SHIFT_MASK_VALUE)
+    return torch.cat(terms, dim=2)
 
 
 class WindowAttention3D(nn.Module):
@@ -107,8 +136,10 @@ class WindowAttention3D(nn.Module):
 
     SAM's frozen rel_pos_h / rel_pos_w (and the trainable rel_pos_d) are resampled to the window at
     run time; their sum is scaled by the frozen scalar `lr` (1 in the published files).
-    Speed: the windows run a few at a time; the relative-position terms (q·R per axis, small) and the
-    shift mask are added in place to the logits by broadcasting, so no [windows, n, n] bias is built.
+    Speed: the relative positions and the shift mask never form a [windows, n, n] bias. Each query's terms
+    (lr * q·R per axis and key position, plus the axis-split shift mask: 3 * window numbers) become extra
+    columns of q, and every key gets the matching one-hot columns, so q'·k' = q·k * scale + relative + mask
+    and one fused scaled_dot_product_attention (flash kernel on CPU and GPU) computes the whole attention.
     """
 
     def __init__(self, dim: int, num_heads: int, table_size: int) -> None:
@@ -123,57 +154,36 @@ class WindowAttention3D(nn.Module):
         self.rel_pos_d = nn.Parameter(torch.zeros(2 * table_size - 1, head_dim))
         self.lr = nn.Parameter(torch.tensor(1.0))
 
-    def _add_relative(self, attn: torch.Tensor, q: torch.Tensor, tables: list[torch.Tensor], window: int) -> torch.Tensor:
-        """attn [m, n, n] + lr * (q·R_h + q·R_w + q·R_d) for q [m, n, hd], without an [m, n, n] bias."""
+    def _relative(self, q: torch.Tensor, window: int) -> torch.Tensor:
+        """lr * q·R_axis[query position, key position] for q [m, n, hd]: [m, n, 3 * window]."""
         m = q.shape[0]
-        r_q = (q * self.lr).reshape(m, window, window, window, -1)
-        rel_h = torch.einsum("bhwdc,hkc->bhwdk", r_q, tables[0])
-        rel_w = torch.einsum("bhwdc,wkc->bhwdk", r_q, tables[1])
-        rel_d = torch.einsum("bhwdc,dkc->bhwdk", r_q, tables[2])
-        plane = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(m, window**3, window**2, 1)
-        out = attn.view(m, window**3, window**2, window)
-        if torch.is_grad_enabled():  # training: out of place, autograd keeps the inputs it needs
-            return (out + plane + rel_d.reshape(m, window**3, 1, window)).view(m, window**3, window**3)
-        out.add_(plane).add_(rel_d.reshape(m, window**3, 1, window))
-        return attn
+        tables = [get_rel_pos(window, window, t) * self.lr for t in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_d)]
+        r_q = q.reshape(m, window, window, window, -1)
+        rel = [torch.einsum("bhwdc,hkc->bhwdk", r_q, tables[0]), torch.einsum("bhwdc,wkc->bhwdk", r_q, tables[1]),
+               torch.einsum("bhwdc,dkc->bhwdk", r_q, tables[2])]
+        return torch.cat([r.reshape(m, window**3, window) for r in rel], dim=2)
 
-    def forward(self, x: torch.Tensor, window: int, regions: torch.Tensor | None,
-                boundary: torch.Tensor | None = None) -> torch.Tensor:
-        """x: windows [B * nW, window³, C]; regions: shift-region ids [nW, window³] or None; boundary [nW]
-        (bool): windows holding more than one region (the others need no mask)."""
+    def forward(self, x: torch.Tensor, window: int, shift_terms: torch.Tensor | None) -> torch.Tensor:
+        """x: windows [B * nW, window³, C] (batch-major); shift_terms: axis_shift_terms [nW, window³, 3 * window]
+        of a shifted block, or None."""
         bw, n, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(bw, n, 3, heads, -1).permute(2, 0, 3, 1, 4)  # [3, bw, heads, n, hd]
-        q, k, v = qkv.unbind(0)
-        tables = [get_rel_pos(window, window, t) for t in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_d)]
-        on_gpu = x.device.type != "cpu"
-        fused = on_gpu or SDPA_ON_CPU
-        budget = ATTENTION_CHUNK_BYTES_GPU if on_gpu else ATTENTION_CHUNK_BYTES
-        per = max(1, budget // (heads * n * n * x.element_size()))
-        nw = 1 if regions is None else regions.shape[0]
-        outs = []
-        for start in range(0, bw, per):
-            stop = min(bw, start + per)
-            qc = q[start:stop].reshape(-1, n, q.shape[-1])
-            if fused:  # the relative positions and mask become SDPA's additive attn_mask
-                attn = torch.zeros(qc.shape[0], n, n, dtype=qc.dtype, device=qc.device)
-            else:
-                attn = torch.matmul(qc * self.scale, k[start:stop].reshape(-1, n, q.shape[-1]).transpose(-2, -1))
-            attn = self._add_relative(attn, qc, tables, window).view(stop - start, heads, n, n)
-            if regions is not None:
-                index = torch.arange(start, stop, device=regions.device) % nw  # windows are batch-major
-                # windows inside one region need no mask (skipped on the CPU; a GPU adds it: no host sync)
-                if on_gpu or boundary is None or bool(boundary[index].any()):
-                    mask = region_mask(regions[index], attn.dtype)[:, None]
-                    attn = attn + mask if torch.is_grad_enabled() else attn.add_(mask)
-            if fused:
-                out = F.scaled_dot_product_attention(q[start:stop], k[start:stop], v[start:stop], attn_mask=attn,
-                                                     scale=self.scale)
-            else:
-                out = torch.matmul(attn.softmax(dim=-1), v[start:stop])
-            outs.append(out.transpose(1, 2))  # [cw, n, heads, hd]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        return self.proj(out.reshape(bw, n, c))
+        hd = c // heads
+        width = packed_head_dim(hd, window)
+        qkv = linear(x, self.qkv).view(bw, n, 3, heads, hd)
+        q = qkv[:, :, 0].transpose(1, 2)  # [bw, heads, n, hd] views
+        rel = self._relative(q.reshape(bw * heads, n, hd), window).view(bw, heads, n, 3 * window)
+        if shift_terms is not None:
+            rel = (rel.view(-1, shift_terms.shape[0], heads, n, 3 * window) + shift_terms[None, :, None]).view(rel.shape)
+        keys = axis_onehots(window, self.scale).to(qkv.device, qkv.dtype)
+        packed = qkv.new_zeros(3, bw, heads, n, width)  # qkv's dtype: bf16 under autocast
+        packed[0, ..., :hd] = q
+        packed[0, ..., hd:hd + 3 * window] = rel
+        packed[1, ..., :hd] = qkv[:, :, 1].transpose(1, 2)
+        packed[1, ..., hd:hd + 3 * window] = keys
+        packed[2, ..., :hd] = qkv[:, :, 2].transpose(1, 2)
+        out = F.scaled_dot_product_attention(packed[0], packed[1], packed[2], scale=self.scale)
+        return linear(out[..., :hd].transpose(1, 2).reshape(bw, n, c), self.proj)
 
 
 class Block3D(nn.Module):
@@ -194,16 +204,15 @@ class Block3D(nn.Module):
         # Region ids (small integers), not the published [nW, n, n] float mask (67 MB per shifted block of a
         # 128³ crop): the mask of a few windows is built when they run. Not persistent (see checkpoint.py).
         # Plain attributes, not buffers (DDP would broadcast them, and gloo has no int16/bool); moved to the
-        # input's device when used (`_shift_regions`).
+        # input's device when used (`_shift_terms`).
         self.window_regions = shifted_window_regions(self.grid, self.window, self.shift) if self.shift else None
         regions = self.window_regions
-        self.window_boundary = None if regions is None else (regions != regions[:, :1]).any(dim=1)
+        self.shift_terms = None if regions is None else axis_shift_terms(regions, self.window)
 
-    def _shift_regions(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.window_regions is not None and self.window_regions.device != device:
-            self.window_regions = self.window_regions.to(device)
-            self.window_boundary = self.window_boundary.to(device)  # type: ignore[union-attr]
-        return self.window_regions, self.window_boundary
+    def _shift_terms(self, device: torch.device) -> torch.Tensor | None:
+        if self.shift_terms is not None and self.shift_terms.device != device:
+            self.shift_terms = self.shift_terms.to(device)
+        return self.shift_terms
 
     @property
     def attn_mask(self) -> torch.Tensor | None:
@@ -217,12 +226,12 @@ class Block3D(nn.Module):
         grid = tuple(x.shape[1:4])
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift,) * 3, dims=(1, 2, 3))
-        x = self.attn(window_partition_3d(x, self.window), self.window, *self._shift_regions(x.device))
+        x = self.attn(window_partition_3d(x, self.window), self.window, self._shift_terms(x.device))
         x = window_unpartition_3d(x, self.window, grid)  # type: ignore[arg-type]
         if self.shift:
             x = torch.roll(x, shifts=(self.shift,) * 3, dims=(1, 2, 3))
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return x + linear(linear(self.norm2(x), self.mlp.lin1, "gelu"), self.mlp.lin2)  # MLPBlock's GELU
 
 
 def make_neck(embed_dim: int, out_dim: int) -> nn.Sequential:
