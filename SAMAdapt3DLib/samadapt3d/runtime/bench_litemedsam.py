@@ -118,6 +118,43 @@ def bench_encoders(args) -> list[tuple[str, str]]:
     return rows
 
 
+def bench_decoder(args) -> list[tuple[str, str]]:
+    """The box decoder on PyTorch fp32 and on OpenVINO fp32, interleaved, on a real slice's embedding, for 1 box
+    (a propagated slice) and 9 boxes (a click's candidates); max |diff| of logits and IoU."""
+    from ..models import load_model
+    from .decoders import BoxDecoderRunner
+
+    device = resolve_device(args.device)
+    model = load_model("litemedsam", device=device, precision="fp32")
+    x, _ = model.preprocess_slice(_real_slices(1)[0])
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        embedding = model.embed(x[None].to(device))
+        runner = BoxDecoderRunner(model.prompt_encoder, model.mask_decoder, tuple(embedding.shape[1:]),
+                                  folder=Path(tmp))  # a fresh export, timed as setup
+        rng = np.random.default_rng(0)
+        rows = [("machine", _machine(device))]
+        start = time.perf_counter()
+        runner(embedding, torch.tensor([[10.0, 10.0, 100.0, 100.0]]))
+        rows.append(("setup (export, compile)", f"{time.perf_counter() - start:.1f} s"))
+        for count in (1, 9):
+            lo = rng.uniform(0, 150, (count, 2))
+            boxes = torch.tensor(np.concatenate([lo, lo + rng.uniform(10, 100, (count, 2))], 1), dtype=torch.float32)
+            runs = {"torch-fp32": lambda: model.decode(embedding, boxes=boxes), "openvino-fp32": lambda: runner(embedding, boxes)}
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            for _ in range(args.repeats * 3):
+                for name, run in runs.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    run()
+                    times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+            ref, fast = runs["torch-fp32"](), runs["openvino-fp32"]()
+            err = (float((ref[0] - fast[0]).abs().max()), float((ref[1] - fast[1]).abs().max()))
+            for name, t in times.items():
+                rows.append((f"{count} box(es), {name}", f"{statistics.median(w for w, _ in t) * 1e3:.0f} ms median "
+                             f"of {len(t)}, CPU {statistics.median(c for _, c in t) * 1e3:.0f} ms"))
+            rows.append((f"{count} box(es), max |diff|", f"logits {err[0]:.1e}, IoU {err[1]:.1e}"))
+    return rows
+
+
 def bench_parity(args) -> list[tuple[str, str]]:
     """The demo's click for every structure of the real CT, run with exact fp32 and with each other precision;
     Dice of each mask to the fp32 mask (and to the labels)."""
@@ -282,12 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="slices per encoder call (GPU throughput)")
     parser.add_argument("--parity", action="store_true",
                         help="instead: every demo structure's click with fp32 and --precisions, Dice to fp32")
+    parser.add_argument("--decoder", action="store_true",
+                        help="instead: the box decoder on PyTorch fp32 vs OpenVINO fp32 (1 and 9 boxes)")
     parser.add_argument("--precisions", default="auto,bf16", help="with --parity: precisions compared to fp32")
     parser.add_argument("--session", type=int, default=0, metavar="DEPTH",
                         help="instead: a session on the demo CT resampled to 512x512xDEPTH (issue: 300)")
     parser.add_argument("--precision", default="auto", help="with --session: the encoder precision")
     args = parser.parse_args(argv)
-    rows = bench_parity(args) if args.parity else bench_session(args) if args.session else bench_encoders(args)
+    rows = (bench_parity(args) if args.parity else bench_decoder(args) if args.decoder
+            else bench_session(args) if args.session else bench_encoders(args))
     print_rows(rows)
     return 0
 

@@ -102,8 +102,10 @@ class BoxDecoderRunner:
     """Runs box decoding on OpenVINO when `fast` holds (CPU, no gradients); rebuilt after the weights change."""
 
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module,
-                 embedding_shape: tuple[int, int, int]) -> None:
+                 embedding_shape: tuple[int, int, int], folder: Path | None = None) -> None:
+        """`folder`: where IRs are kept (default: the user's cache folder, `decoders/`)."""
         self.module = BoxDecoder(prompt_encoder, mask_decoder)
+        self.folder = folder
         self.embedding_shape = tuple(int(v) for v in embedding_shape)
         self._built: tuple | None = None  # (fingerprint, decoder)
         self._failed = False
@@ -127,7 +129,7 @@ class BoxDecoderRunner:
         if self._built is None or self._built[0] != fingerprint:
             try:
                 self._built = (fingerprint, OpenVINOBoxDecoder(self.module, self.embedding_shape,
-                                                               weights_digest(self.module)))
+                                                               weights_digest(self.module), self.folder))
             except Exception as exc:  # noqa: BLE001 - any export/compile failure: PyTorch still decodes
                 log.warning("samadapt3d: OpenVINO decoder unavailable (%s); decoding with PyTorch", exc)
                 self._failed = True

@@ -1,0 +1,119 @@
+"""Seconds per click against the click number, per model (docs/BENCHMARKS.md, issue 17 part 6).
+
+    python -m samadapt3d.runtime.click_plot measure --out litemedsam_clicks.csv   # LiteMedSAM on the slicerio CT
+    python -m samadapt3d.runtime.click_plot plot litemedsam_clicks.csv [other.csv ...] --out clicks.png
+
+`measure` runs the session as the Slicer effect does (set_image, prepare in the background, then the clicks at
+once): the demo's one click per structure of the slicerio chest CT (`samadapt3d.demo.DEMO_CLICKS`, a reset
+between structures: the first clicks embed their slices), then rounds of one seeded random click per structure
+inside it (every slice embedded by then: warm clicks on new objects), and writes one CSV row per click (model, click, seconds, CPU seconds, what was clicked, load).
+`plot` draws every CSV given (same columns; e.g. 3DSAM-adapter rows measured elsewhere) as one line per model.
+Only measured numbers are plotted.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from pathlib import Path
+
+FIELDS = ("model", "click", "seconds", "cpu_seconds", "what", "load_average")
+
+
+def _inside(mask, rng):
+    """A random voxel (i, j, k) whose 6 neighbours are in the mask too (not on its edge)."""
+    import numpy as np
+
+    core = mask.copy()
+    for axis in range(3):
+        core[tuple(slice(1, None) if a == axis else slice(None) for a in range(3))] &= mask[
+            tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))]
+        core[tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))] &= mask[
+            tuple(slice(1, None) if a == axis else slice(None) for a in range(3))]
+    kji = np.argwhere(core if core.any() else mask)
+    k, j, i = kji[rng.integers(len(kji))]
+    return (int(i), int(j), int(k))
+
+
+def measure(out: Path, precision: str, rounds: int, seed: int = 0) -> list[dict]:
+    import numpy as np
+
+    from ..demo import DEMO_CLICKS, dice, load_demo_case
+    from ..models import load_model
+    from ..session import InteractiveSession
+
+    volume, truth = load_demo_case()
+    model = load_model("litemedsam", precision=precision)
+    session = InteractiveSession(model)
+    session.engine.embeddings._disk = None  # cold: nothing from an earlier run
+    session.set_image(volume)
+    session.prepare(background=True)
+    rows, number = [], 0
+    rng = np.random.default_rng(seed)
+    for round_ in range(rounds):
+        for name, demo_ijk in DEMO_CLICKS.items():
+            ijk = demo_ijk if round_ == 0 else _inside(np.asarray(truth[name], bool), rng)
+            session.reset()
+            t0, c0 = time.perf_counter(), time.process_time()
+            mask = np.asarray(session.add_point(ijk, positive=True, space="ijk")) > 0
+            number += 1
+            rows.append({"model": f"LiteMedSAM ({model.backend()})", "click": number,
+                         "seconds": f"{time.perf_counter() - t0:.3f}", "cpu_seconds": f"{time.process_time() - c0:.3f}",
+                         "what": f"round {round_ + 1}: {name} at {ijk} (Dice {dice(mask, truth[name]):.3f})",
+                         "load_average": f"{os.getloadavg()[0]:.1f}"})
+            print(",".join(str(rows[-1][f]) for f in FIELDS), flush=True)
+    session.engine.embeddings.stop_prefetch()
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def plot(csvs: list[Path], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in csvs:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                series.setdefault(row["model"], []).append((int(row["click"]), float(row["seconds"])))
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for model, points in series.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+    ax.set_yscale("log")
+    ax.set_xlabel("click number")
+    ax.set_ylabel("seconds per click (log)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m samadapt3d.runtime.click_plot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="LiteMedSAM clicks on the slicerio CT -> CSV")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--precision", default="auto")
+    m.add_argument("--rounds", type=int, default=2, help="rounds of the 7 demo clicks")
+    p = sub.add_parser("plot", help="CSV files -> PNG")
+    p.add_argument("csv", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--title", default="seconds per click, slicerio chest CT")
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        measure(args.out, args.precision, args.rounds)
+    else:
+        plot(args.csv, args.out, args.title)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
