@@ -176,12 +176,14 @@ class WindowAttention3D(nn.Module):
         if shift_terms is not None:
             rel = (rel.view(-1, shift_terms.shape[0], heads, n, 3 * window) + shift_terms[None, :, None]).view(rel.shape)
         keys = axis_onehots(window, self.scale).to(qkv.device, qkv.dtype)
-        packed = qkv.new_zeros(3, bw, heads, n, width)  # qkv's dtype: bf16 under autocast
+        packed = qkv.new_empty(3, bw, heads, n, width)  # qkv's dtype: bf16 under autocast
         packed[0, ..., :hd] = q
         packed[0, ..., hd:hd + 3 * window] = rel
         packed[1, ..., :hd] = qkv[:, :, 1].transpose(1, 2)
         packed[1, ..., hd:hd + 3 * window] = keys
+        packed[:2, ..., hd + 3 * window:] = 0  # only the padding is zeroed, not the whole buffer
         packed[2, ..., :hd] = qkv[:, :, 2].transpose(1, 2)
+        packed[2, ..., hd:] = 0
         out = F.scaled_dot_product_attention(packed[0], packed[1], packed[2], scale=self.scale)
         return linear(out[..., :hd].transpose(1, 2).reshape(bw, n, c), self.proj)
 
