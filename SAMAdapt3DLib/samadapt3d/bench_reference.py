@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .bench_table import print_rows
 from .errors import InputError
 from .families.sam3d import SAM3DAdapter, Sam3DAdapterConfig, released_state
-from .families.sam3d.allocator import OPT_OUT_VARIABLE
+from .families.sam3d.allocator import OPT_OUT_VARIABLE, keep_freed_memory
 from .families.sam3d.model import ACTIVE_PROMPT_ENCODER
 
 #: published module -> class names our bench constructs (3DSAM-adapter/test.py)
@@ -172,7 +172,8 @@ def measure_side(side: str, directory: Path, config: Sam3DAdapterConfig, points:
             features, enc_wall, enc_cpu = _timed(lambda: model.encode(crop))
             prob, dec_wall, dec_cpu = _timed(lambda: model.decode(features, clicks))
     return {"encoder": (enc_wall, enc_cpu), "decode": (dec_wall, dec_cpu),
-            "total": (enc_wall + dec_wall, enc_cpu + dec_cpu), "peak_rss": _peak_rss_bytes(), "prob": prob}
+            "total": (enc_wall + dec_wall, enc_cpu + dec_cpu), "peak_rss": _peak_rss_bytes(), "prob": prob,
+            "keeps_freed_memory": keep_freed_memory()}
 
 
 def _in_fresh_process(*args: Any) -> dict[str, Any]:
@@ -205,6 +206,7 @@ def run(directory: Path, config: Sam3DAdapterConfig, repeats: int, points: int, 
             out[f"{side}_{part}_wall"] = statistics.median(r[part][0] for r in rows)
             out[f"{side}_{part}_cpu"] = statistics.median(r[part][1] for r in rows)
         out[f"{side}_peak_rss"] = max(r["peak_rss"] for r in rows)
+        out[f"{side}_keeps_freed_memory"] = rows[0]["keeps_freed_memory"]
     for part in ("encoder", "decode", "total"):
         for clock in ("wall", "cpu"):
             out[f"{part}_{clock}_ratio"] = out[f"reference_{part}_{clock}"] / out[f"ours_{part}_{clock}"]
