@@ -275,6 +275,7 @@ def bench_session(args) -> list[tuple[str, str]]:
                      f"slice ({cache.used_bytes / 2**20:.0f} MiB); encoder {embed.take()}"))
         session.reset()
         rows.append(("warm click, left lung (all embedded)", click_at(session, "left lung")))
+        rows.append(("peak RSS, this session (with the bench's CT copies and labels)", _peak_rss()))
         restarted = InteractiveSession(model)  # a new process would see the same disk store
         restarted.engine.embeddings._disk = store
         restarted.set_image(volume)
@@ -282,7 +283,7 @@ def bench_session(args) -> list[tuple[str, str]]:
         restarted.engine.warm_up(axis=session.engine.default_axis())
         rows.append(("new session, disk cache", f"{time.perf_counter() - t0:.1f} s to load {args.session} slices, "
                      f"{restarted.engine.stats['embedded']} embedded"))
-    rows.append(("peak RSS", _peak_rss()))
+    rows.append(("peak RSS, with the restarted session (two caches)", _peak_rss()))
     if device.type == "cuda":
         rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"))
     return rows
