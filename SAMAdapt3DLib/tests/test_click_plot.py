@@ -27,7 +27,7 @@ def test_plot_draws_every_model_of_every_csv(tmp_path, monkeypatch):
             writer = csv.DictWriter(f, fieldnames=click_plot.FIELDS)
             writer.writeheader()
             for n, s in enumerate(seconds, 1):
-                writer.writerow({"model": model, "click": n, "seconds": s, "cpu_seconds": s, "what": "x",
+                writer.writerow({"model": model, "click": n, "seconds": s, "cpu_seconds": s / 10, "what": "x",
                                  "load_average": 1.0})
         files.append(path)
     import matplotlib.axes
@@ -39,4 +39,5 @@ def test_plot_draws_every_model_of_every_csv(tmp_path, monkeypatch):
     out = tmp_path / "clicks.png"
     click_plot.plot(files, out, "t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert drawn == [("A", [1, 2, 3], [30.0, 2.0, 1.5]), ("B", [1, 2], [100.0, 20.0])]
+    assert drawn == [("A: wall", [1, 2, 3], [30.0, 2.0, 1.5]), ("A: CPU", [1, 2, 3], [3.0, 0.2, 0.15]),
+                     ("B: wall", [1, 2], [100.0, 20.0]), ("B: CPU", [1, 2], [10.0, 2.0])]

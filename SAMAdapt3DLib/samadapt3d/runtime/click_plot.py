@@ -77,15 +77,19 @@ def plot(csvs: list[Path], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[str, list[tuple[int, float, float]]] = {}
     for path in csvs:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                series.setdefault(row["model"], []).append((int(row["click"]), float(row["seconds"])))
+                series.setdefault(row["model"], []).append(
+                    (int(row["click"]), float(row["seconds"]), float(row["cpu_seconds"])))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for model, points in series.items():
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{model}: wall")[0]
+        # CPU seconds of the process: what a loaded machine inflates least
+        ax.plot([p[0] for p in points], [p[2] for p in points], marker="x", linestyle="--", color=line.get_color(),
+                label=f"{model}: CPU")
     ax.set_yscale("log")
     ax.set_xlabel("click number")
     ax.set_ylabel("seconds per click (log)")
