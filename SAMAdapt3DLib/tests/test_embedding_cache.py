@@ -345,3 +345,16 @@ def test_session_prepare_in_the_background_returns_at_once():
     assert engine.image.shape[axis] == 60 and all(engine.embeddings.cached(axis, k) for k in range(60))
     session.set_image(Volume(_numbered(20) + 50, spacing=(1.0, 1.0, 3.0)))
     assert not session.engine.embeddings.prefetching()
+
+
+def test_prefetch_builds_the_model_backends_first():
+    class Warming(_Ordered):
+        def warm_backends(self):
+            self.order.append("warm")
+
+    model = Warming()
+    cache = SliceEmbeddingCache(model)
+    cache.set_image(_numbered(5))
+    cache.prefetch(0, 2)
+    _wait_idle(cache)
+    assert model.order == ["warm", 2, 3, 1, 4, 0]

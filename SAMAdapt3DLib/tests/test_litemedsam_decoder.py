@@ -156,3 +156,24 @@ def test_litemedsam_decodes_with_pytorch_when_openvino_fails(litemedsam_model, m
         expected = _torch_decode(model.prompt_encoder, model.mask_decoder, embedding, boxes)
     assert torch.equal(logits, expected[0]) and torch.equal(iou, expected[1])
     assert "OpenVINO decoder unavailable" in caplog.text
+
+
+def test_warm_backends_builds_both_once(litemedsam_model, monkeypatch):
+    model = litemedsam_model
+    builds = []
+    monkeypatch.setattr(model, "_decoder_runner", BoxDecoderRunner(model.prompt_encoder, model.mask_decoder,
+                                                                    (256, 64, 64)))
+    from samadapt3d.runtime import encoders
+    monkeypatch.setattr(encoders, "OpenVINOEncoder", lambda *a, **k: builds.append("encoder") or (lambda x: x[:, :1]))
+    monkeypatch.setattr(decoders, "OpenVINOBoxDecoder", lambda *a, **k: builds.append("decoder") or (
+        lambda e, b: (torch.zeros(len(b), 1, 256, 256), torch.zeros(len(b), 1))))
+    monkeypatch.setattr(encoders, "openvino_available", lambda: True)
+    monkeypatch.setattr(decoders, "openvino_available", lambda: True)
+    monkeypatch.setattr(encoders, "choose_backend", lambda precision, device: encoders.BackendChoice("openvino", "fp32"))
+    monkeypatch.setattr(model._runner, "_built", None)
+    monkeypatch.setattr(BoxDecoderRunner, "usable", lambda self, e, b: True)
+    embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda images: builds.append("embed") or embed(images))
+    model.warm_backends()
+    model.warm_backends()  # built: costs nothing (it runs before every background prefetch)
+    assert builds == ["embed", "encoder", "decoder"]

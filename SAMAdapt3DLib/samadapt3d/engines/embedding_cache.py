@@ -346,6 +346,9 @@ class SliceEmbeddingCache:
 
         def work() -> None:
             done = 0
+            if isinstance(self.model, EncoderRuntime) and not cancel.is_set():
+                with self._lock:  # the engine's calls wait for it, as for one slice
+                    self.model.warm_backends()
             try:
                 for start in range(0, len(order), step):
                     if cancel.is_set() or self._full(axis, order[start:start + step]):

@@ -110,6 +110,15 @@ class LiteMedSAM(SliceModel, EncoderRuntime):
         return "torch-fp32" if self._runner is None or self.precision == "fp32" else self._runner.choice(
             self.device).name
 
+    def warm_backends(self) -> None:
+        """Build the encoder's and the box decoder's backends (the first click would otherwise pay for it)."""
+        if self._runner is None or self.precision == "fp32" or (
+                self._runner.ready(self.device) and (self._decoder_runner is None or self._decoder_runner.ready())):
+            return  # called again before every background prefetch: only the first call works
+        with torch.no_grad():
+            embedding = self.embed(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device))
+            self.decode(embedding, boxes=torch.tensor([[0.0, 0.0, IMAGE_SIZE - 1.0, IMAGE_SIZE - 1.0]]))
+
     def embeddings_exact(self) -> bool:
         return self.backend() == "torch-fp32"
 

@@ -34,6 +34,10 @@ class EncoderRuntime:
         """Choose the encoder's precision (one of PRECISIONS)."""
         _check_fp32_only(type(self).__name__, precision)
 
+    def warm_backends(self) -> None:
+        """Build (export at first use, compile) the accelerated backends now, e.g. in a background thread before
+        the first click; nothing to do by default."""
+
 
 def _check_fp32_only(name: str, precision: str) -> None:
     if precision not in PRECISIONS:

@@ -110,6 +110,10 @@ class BoxDecoderRunner:
         self._built: tuple | None = None  # (fingerprint, decoder)
         self._failed = False
 
+    def ready(self) -> bool:
+        """Built for the current weights, or failed for good (PyTorch decodes): nothing to warm up."""
+        return self._failed or (self._built is not None and self._built[0] == weights_fingerprint(self.module))
+
     def usable(self, embedding: torch.Tensor, boxes: torch.Tensor) -> bool:
         """OpenVINO can run this call: CPU tensors, inference only, the exported shapes (one embedding, boxes
         [B, 4]), openvino installed."""

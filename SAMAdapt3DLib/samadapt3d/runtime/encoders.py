@@ -177,6 +177,11 @@ class EncoderRunner:
             return BackendChoice("torch", "fp32")
         return choose_backend(self.precision, device)
 
+    def ready(self, device: torch.device) -> bool:
+        """The backend for the current precision, device and weights is built (or fell back)."""
+        built = self._built
+        return built is not None and built[:3] == (self.precision, device, weights_fingerprint(self.module))
+
     def digest(self) -> str:
         """weights_digest of the module, recomputed only after its weights changed."""
         fingerprint = weights_fingerprint(self.module)
