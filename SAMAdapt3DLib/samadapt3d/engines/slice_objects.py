@@ -25,11 +25,21 @@ from .base import ModelPrompts
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
+from .slice_region import level_at, region_near, similar_region
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy
 
 SliceObject = dict  # slice index -> float32 probability [rows, cols]
+
+#: diagnostics sink: the first-click study (evaluate/first_click.py) sets a list; None (nothing kept) otherwise
+TRACE: list[dict] | None = None
+
+
+def _note(**event) -> None:
+    if TRACE is not None:
+        TRACE.append(event)
+
 
 class SliceObjects:
     """The model calls and objects of one `run` along the slicing axis `axis` (the fold is SliceStrategy's)."""
@@ -143,7 +153,15 @@ class SliceObjects:
             box = clip_box((r - h, c - h, r + h, c + h), self.plane, within)
             if box_is_valid(box) and box not in boxes:
                 boxes.append(box)
-        final: list[tuple[np.ndarray, float]] = []
+        source = {box: "box" for box in boxes}
+        region = self.click_region(data.image01, r, c) if cfg.region_candidate else None
+        if region is not None and region.any():  # the similar-intensity region around the click: one more candidate (its box is
+            # fitted to the region already: not refitted)
+            box = grow_box(bbox_2d(region), cfg.refit_margin, self.plane, within)
+            if box not in source:
+                boxes.append(box)
+                source[box] = "region"
+        final: list[tuple[np.ndarray, float, str]] = []
         for round_ in range(cfg.click_rounds):
             if not boxes:
                 break
@@ -154,23 +172,35 @@ class SliceObjects:
                 if not mask[r, c]:
                     continue  # lost the click: drop this candidate
                 new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
-                if round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
+                if source[box] != "region" and round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
                     grow.append(new)
+                    source.setdefault(new, source[box])
                 else:
-                    final.append((lg, float(io)))
+                    final.append((lg, float(io), source[box]))
             boxes = grow
         scored = []
-        for logits, iou in final:
+        for logits, iou, _ in final:
             mask = logits > 0
-            score = iou * _stability(logits) * _edge(data.image01, mask) * _homogeneity(
-                data.image01, mask, r, c, cfg.homogeneity_tolerance)
-            scored.append((score, int(mask.sum()), logits))
+            parts = (iou, _stability(logits), _edge(data.image01, mask),
+                     _homogeneity(data.image01, mask, r, c, cfg.homogeneity_tolerance))
+            scored.append((float(np.prod(parts)), int(mask.sum()), logits, parts))
         if not scored:
+            _note(kind="anchor", slice=k, candidates=[], winner=None)
             return None
         if not smallest:
-            return max(scored, key=lambda s: s[0])[2]
-        top = max(s[0] for s in scored)
-        return min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])[2]
+            best = max(scored, key=lambda s: s[0])
+        else:
+            top = max(s[0] for s in scored)
+            best = min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])
+        _note(kind="anchor", slice=k, smallest=smallest, winner=next(n for n, s in enumerate(scored) if s is best),
+              candidates=[(s[0], s[1], *s[3]) for s in scored], sources=[f[2] for f in final])
+        return best[2]
+
+    def click_region(self, img01: np.ndarray, r: int, c: int) -> np.ndarray:
+        cfg = self.cfg
+        level = level_at(img01, r, c, cfg.level_radius)
+        return similar_region(img01, r, c, level, cfg.homogeneity_tolerance,
+                              int(round(cfg.region_neck * max(self.plane))))
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
                   adds_to: np.ndarray | None = None) -> None:
@@ -185,6 +215,7 @@ class SliceObjects:
         lenient = self.box is not None and cfg.box_keeps_walking
         for step in (+1, -1):
             prev, k = mask0, k0 + step
+            why = "end"
             while self.in_range(k) and prev.sum() >= cfg.min_area:
                 self.tick(f"slice {k}")
                 box = grow_box(bbox_2d(prev), cfg.box_margin, self.plane, within)
@@ -197,22 +228,51 @@ class SliceObjects:
                     if refit != box:
                         lg, io = self.predict(k, [refit])
                         logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
-                if mask.sum() < cfg.min_area or (not lenient and iou < cfg.min_iou):
+                why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to)
+                if why and why != "adds nothing" and cfg.retry_stops:
+                    retried = self.retry(k, prev, ref, box, within)
+                    if retried is not None and not self.stop_reason(k, retried[1], prev, retried[2], ref,
+                                                                      lenient, adds_to):
+                        _note(kind="retry", slice=k, why=why)
+                        (logits, mask, iou), why = retried, ""
+                if why:
                     break
-                if (mask & dilate(prev, 2)).sum() < cfg.min_overlap * mask.sum():
-                    break
-                if not lenient:
-                    level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
-                    if abs(level - ref) > cfg.max_level_change:
-                        break  # another tissue: the object has ended
-                if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
-                    break  # nothing new here: the correction has ended
                 if masks_only:
                     obj[k] = mask
                 else:
                     self.keep(obj, k, logits, mask)
                 prev, k = mask, k + step
+            _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
 
+    def retry(self, k: int, prev: np.ndarray, ref: float, box: Box, within: Box | None):
+        """(logits, mask, IoU) on slice k prompted with the box of the region of the object's intensity that
+        overlaps the previous mask (the neighbour's box held more than the object); the model's mask is kept
+        where it agrees with that region. None when there is no such region."""
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        region = region_near(data.image01, prev, ref, self.cfg.homogeneity_tolerance)
+        if region.sum() < self.cfg.min_area:
+            return None
+        fit = grow_box(bbox_2d(region), self.cfg.box_margin, self.plane, within)
+        logits, iou = self.predict(k, [fit])
+        return logits[0], (logits[0] > 0) & region, float(iou[0])
+
+    def stop_reason(self, k: int, mask: np.ndarray, prev: np.ndarray, iou: float, ref: float, lenient: bool,
+                    adds_to: np.ndarray | None) -> str:
+        """Why propagation ends at slice k with this mask ("" when it goes on)."""
+        cfg = self.cfg
+        if mask.sum() < cfg.min_area:
+            return "empty"
+        if not lenient and iou < cfg.min_iou:
+            return f"iou {iou:.2f}"
+        if (mask & dilate(prev, 2)).sum() < cfg.min_overlap * mask.sum():
+            return "no overlap"
+        if not lenient:
+            level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
+            if abs(level - ref) > cfg.max_level_change:
+                return f"level {level - ref:+.2f}"  # another tissue: the object has ended
+        if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
+            return "adds nothing"  # the correction has ended
+        return ""
 
 
 def _stability(logits: np.ndarray) -> float:
