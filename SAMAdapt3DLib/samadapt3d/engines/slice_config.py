@@ -35,6 +35,14 @@ class SliceConfig:
     #: the similar-intensity region around a click is split at necks narrower than 2 x this fraction of the slice's
     #: longer side (two organs joined by a duct); its box is one more candidate
     region_neck: float = 0.03
+    #: a candidate's score is weighted by (1 - w) + w x its Dice with the click's region (the object the click's
+    #: intensity outlines), w this
+    region_weight: float = 0.5
+    #: an anchor whose Dice with the click's region is at least this is an object of uniform intensity: ...
+    uniform_agreement: float = 0.8
+    #: ... its propagation stops (and retries) where less than this fraction of the mask has its intensity
+    #: (holes filled): the mask has leaked into a neighbour
+    uniform_inside: float = 0.85
     #: a propagation stop (low IoU, no overlap, another tissue) is retried once with the box of the
     #: similar-intensity region overlapping the previous mask
     retry_stops: bool = True

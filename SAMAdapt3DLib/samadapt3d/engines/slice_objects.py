@@ -25,7 +25,7 @@ from .base import ModelPrompts
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
-from .slice_region import level_at, region_near, similar_region
+from .slice_region import dice, level_at, region_near, similar_filled, similar_region
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy
@@ -114,7 +114,7 @@ class SliceObjects:
             found = self.click_anchor(k, r, c, smallest=False)
             if found is not None:
                 self.keep(obj, k, found, found > 0)
-                self.propagate(obj, k, found > 0)
+                self.propagate(obj, k, found > 0, uniform=self.is_uniform(k, r, c, found > 0))
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 
@@ -161,6 +161,10 @@ class SliceObjects:
             if box not in source:
                 boxes.append(box)
                 source[box] = "region"
+
+        def agrees(mask: np.ndarray) -> bool:  # the model's mask is the click's region (most of it)
+            return bool((mask & region).sum() >= cfg.same_object * region.sum())
+
         final: list[tuple[np.ndarray, float, str]] = []
         for round_ in range(cfg.click_rounds):
             if not boxes:
@@ -169,8 +173,8 @@ class SliceObjects:
             grow = []
             for box, lg, io in zip(boxes, logits, ious):
                 mask = lg > 0
-                if not mask[r, c]:
-                    continue  # lost the click: drop this candidate
+                if not (mask[r, c] or (source[box] == "region" and agrees(mask))):
+                    continue  # lost the click: drop this candidate (the region's may pass it by: a vessel)
                 new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
                 if source[box] != "region" and round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
                     grow.append(new)
@@ -181,8 +185,10 @@ class SliceObjects:
         scored = []
         for logits, iou, _ in final:
             mask = logits > 0
+            agree = 1.0 if region is None or not region.any() else dice(mask, region)
             parts = (iou, _stability(logits), _edge(data.image01, mask),
-                     _homogeneity(data.image01, mask, r, c, cfg.homogeneity_tolerance))
+                     _homogeneity(data.image01, mask, r, c, cfg.homogeneity_tolerance),
+                     1.0 - cfg.region_weight + cfg.region_weight * agree)
             scored.append((float(np.prod(parts)), int(mask.sum()), logits, parts))
         if not scored:
             _note(kind="anchor", slice=k, candidates=[], winner=None)
@@ -202,11 +208,19 @@ class SliceObjects:
         return similar_region(img01, r, c, level, cfg.homogeneity_tolerance,
                               int(round(cfg.region_neck * max(self.plane))))
 
+    def is_uniform(self, k: int, r: int, c: int, mask: np.ndarray) -> bool:
+        """The anchor is the click's similar-intensity region (an organ of uniform intensity, e.g. a lung)."""
+        if not self.cfg.region_candidate:
+            return False
+        region = self.click_region(self.e.slice_data(self.axis, k, self.cancel).image01, r, c)
+        return region.any() and dice(mask, region) >= self.cfg.uniform_agreement
+
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
-                  adds_to: np.ndarray | None = None) -> None:
+                  adds_to: np.ndarray | None = None, uniform: bool = False) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
-        to it: a correction propagates only its change."""
+        to it: a correction propagates only its change. A `uniform` object also stops where its mask leaks out of
+        its intensity."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -228,11 +242,11 @@ class SliceObjects:
                     if refit != box:
                         lg, io = self.predict(k, [refit])
                         logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
-                why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to)
+                why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
                 if why and why != "adds nothing" and cfg.retry_stops:
                     retried = self.retry(k, prev, ref, box, within)
                     if retried is not None and not self.stop_reason(k, retried[1], prev, retried[2], ref,
-                                                                      lenient, adds_to):
+                                                                      lenient, adds_to, uniform):
                         _note(kind="retry", slice=k, why=why)
                         (logits, mask, iou), why = retried, ""
                 if why:
@@ -257,7 +271,7 @@ class SliceObjects:
         return logits[0], (logits[0] > 0) & region, float(iou[0])
 
     def stop_reason(self, k: int, mask: np.ndarray, prev: np.ndarray, iou: float, ref: float, lenient: bool,
-                    adds_to: np.ndarray | None) -> str:
+                    adds_to: np.ndarray | None, uniform: bool = False) -> str:
         """Why propagation ends at slice k with this mask ("" when it goes on)."""
         cfg = self.cfg
         if mask.sum() < cfg.min_area:
@@ -270,6 +284,11 @@ class SliceObjects:
             level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
             if abs(level - ref) > cfg.max_level_change:
                 return f"level {level - ref:+.2f}"  # another tissue: the object has ended
+            if uniform:
+                img = self.e.slice_data(self.axis, k, self.cancel).image01
+                inside = float((mask & similar_filled(img, mask, ref, cfg.homogeneity_tolerance)).sum()) / mask.sum()
+                if inside < cfg.uniform_inside:
+                    return f"leak {inside:.2f}"
         if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
             return "adds nothing"  # the correction has ended
         return ""
@@ -289,5 +308,6 @@ def _edge(img: np.ndarray, mask: np.ndarray) -> float:
 
 def _homogeneity(img: np.ndarray, mask: np.ndarray, r: int, c: int, tolerance: float) -> float:
     near = (slice(max(r - 1, 0), r + 2), slice(max(c - 1, 0), c + 2))
-    ref = float(np.median(img[near][mask[near]]))  # the click's neighbours inside the candidate (it holds the click)
+    inside = img[near][mask[near]]  # the click's neighbours inside the candidate (a region's may pass the click by)
+    ref = float(np.median(inside if inside.size else img[near]))
     return float(np.mean(np.abs(img[mask] - ref) < tolerance)) + 1e-3

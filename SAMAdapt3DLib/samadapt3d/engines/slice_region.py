@@ -74,3 +74,21 @@ def region_near(img01: np.ndarray, near: np.ndarray, level: float, tolerance: fl
     if not labels.any():
         return np.zeros(img01.shape, bool)
     return _closed(labels > 0)
+
+
+def similar_filled(img01: np.ndarray, mask: np.ndarray, level: float, tolerance: float) -> np.ndarray:
+    """The similar-intensity regions that `mask` touches, each with its holes filled unless it reaches the image's
+    border (the air around a body would fill the body): what an object of uniform intensity may cover."""
+    labels = label_components(np.abs(smoothed(img01) - level) < tolerance)
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    out = np.zeros(img01.shape, bool)
+    for lab in np.unique(labels[mask]):
+        if lab:
+            part = labels == lab
+            out |= part if lab in border else _fill_holes(part)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else 0.0
