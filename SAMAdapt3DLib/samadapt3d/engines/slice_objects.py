@@ -2,15 +2,20 @@
 propagated slice to slice (see engines/slice_strategy.py for how they compose, `SliceConfig` for the thresholds).
 
 - a 3D box: its middle slice prompted with the box, then propagated to both ends of the box;
-- a positive click: candidate boxes of several sizes centred on the click, each refitted to its own mask; the
-  candidate that keeps the click and scores best on predicted IoU x stability x edge contrast x intensity
-  homogeneity is the anchor, then propagated in both directions;
+- a positive click: candidate boxes of several sizes centred on the click, each refitted to its own mask, plus
+  the box of the click's similar-intensity region (engines/slice_region.py: the connected pixels of the click's
+  level, vessels filled, cut at thin necks); the candidate that keeps the click (the region's: or covers most of
+  the region) and scores best on predicted IoU x stability x edge contrast x intensity homogeneity x agreement
+  with the region is the anchor, then propagated in both directions;
 - a negative click's "excluded object": the same search, but the smallest candidate scoring at least
   `negative_score_ratio` of the best (what the user points at, not what encloses it), propagated.
 Propagation: each next slice is prompted with its neighbour's mask box (+ `box_margin`), refitted once when
 the mask touches the box; it stops at an empty / tiny mask, a mask that no longer overlaps its neighbour's, and,
-without a box, a low predicted IoU or a change of tissue intensity (the object has ended). A box bounds
-everything (its in-plane extent and its slices).
+without a box, a low predicted IoU or a change of tissue intensity (the object has ended); an anchor that is its
+click's region (an organ of uniform intensity) also stops where its mask leaks out of that intensity. Before
+stopping, the slice is retried once with the box of the object's intensity overlapping the previous mask (the
+neighbour's box held more than the object: an apex, a dome), the model's mask kept where it has that intensity.
+A box bounds everything (its in-plane extent and its slices).
 
 All arrays here are "slicing-axis first": [slices, rows, cols].
 """
