@@ -48,12 +48,23 @@ def _split_necks(region: np.ndarray, r: int, c: int, neck: int) -> np.ndarray:
     if not core.any():
         return region
     labels = label_components(core)
-    if labels[r, c]:
-        keep = labels[r, c]
-    else:  # the click sits in a thin part: the nearest core piece
-        rr, cc = np.nonzero(labels)
-        nearest = int(np.argmin((rr - r) ** 2 + (cc - c) ** 2))
-        keep = labels[rr[nearest], cc[nearest]]
+    sizes = np.bincount(labels.ravel())
+    big = sizes >= (2 * neck + 1) ** 2  # a core piece smaller than one neck-wide square is a speck
+    big[0] = False
+    if not big.any():
+        return region
+    # the click's piece: the first big core piece reached from the click inside the region (geodesic nearest)
+    reached = np.zeros(region.shape, bool)
+    reached[r, c] = True
+    for _ in range(region.size):
+        hit = np.unique(labels[reached & big[labels]])
+        if hit.size:
+            break
+        grown = dilate(reached, 1) & region
+        if grown.sum() == reached.sum():
+            return region
+        reached = grown
+    keep = max(hit, key=lambda lab: int(sizes[lab]))
     return dilate(labels == keep, neck) & region
 
 
