@@ -160,8 +160,8 @@ class SliceObjects:
                 boxes.append(box)
         source = {box: "box" for box in boxes}
         region = self.click_region(data.image01, r, c) if cfg.region_candidate else None
-        if region is not None and region.any():  # the similar-intensity region around the click: one more candidate (its box is
-            # fitted to the region already: not refitted)
+        if region is not None and region.any():
+            # the similar-intensity region around the click: one more candidate (fitted to the region: not refitted)
             box = grow_box(bbox_2d(region), cfg.refit_margin, self.plane, within)
             if box not in source:
                 boxes.append(box)
@@ -181,7 +181,8 @@ class SliceObjects:
                 if not (mask[r, c] or (source[box] == "region" and agrees(mask))):
                     continue  # lost the click: drop this candidate (the region's may pass it by: a vessel)
                 new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
-                if source[box] != "region" and round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
+                moved = max(abs(a - b) for a, b in zip(new, box)) > 1
+                if source[box] != "region" and round_ < cfg.click_rounds - 1 and moved and new not in grow:
                     grow.append(new)
                     source.setdefault(new, source[box])
                 else:
@@ -208,6 +209,7 @@ class SliceObjects:
         return best[2]
 
     def click_region(self, img01: np.ndarray, r: int, c: int) -> np.ndarray:
+        """The click's similar-intensity region on its slice (engines/slice_region.py)."""
         cfg = self.cfg
         level = level_at(img01, r, c, cfg.level_radius)
         return similar_region(img01, r, c, level, cfg.homogeneity_tolerance,
@@ -263,7 +265,8 @@ class SliceObjects:
                 prev, k = mask, k + step
             _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
 
-    def retry(self, k: int, prev: np.ndarray, ref: float, box: Box, within: Box | None):
+    def retry(self, k: int, prev: np.ndarray, ref: float, box: Box,
+              within: Box | None) -> tuple[np.ndarray, np.ndarray, float] | None:
         """(logits, mask, IoU) on slice k prompted with the box of the region of the object's intensity that
         overlaps the previous mask (the neighbour's box held more than the object); the model's mask is kept
         where it agrees with that region. None when there is no such region."""
