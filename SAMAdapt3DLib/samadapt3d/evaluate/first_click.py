@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..models import DEFAULT_MODEL, load_model
     from ..session import InteractiveSession
 
-    p = argparse.ArgumentParser(prog="python -m samadapt3d.evaluate.first_click", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m samadapt3d.evaluate.first_click", description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--clicks", type=int, default=20)
     p.add_argument("--erosion", type=int, default=3)
