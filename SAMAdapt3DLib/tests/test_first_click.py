@@ -15,9 +15,9 @@ from samadapt3d.evaluate.first_click import clicks_in  # noqa: E402
 from samadapt3d.models import load_model  # noqa: E402
 from samadapt3d.session import InteractiveSession  # noqa: E402
 
-#: the study's minimum over 60 clicks per lung (seeds 2026 and 7, and the re-oriented copy) is 0.88 or more
-#: (docs/LITEMEDSAM.md); this leaves room for numerical drift across machines, and is far above the 0.00-0.30
-#: that a third of the clicks gave before (a part of the lung, or nothing)
+#: the study's minimum over 60 clicks per lung (seeds 2026 and 7, and the re-oriented copy) is 0.868, all others
+#: >= 0.909 (docs/LITEMEDSAM.md); this leaves room for numerical drift across machines, and is far above the
+#: 0.00-0.30 that a third of the clicks gave before (a part of the lung, or nothing)
 MIN_DICE = 0.85
 
 
