@@ -28,6 +28,24 @@ class SliceConfig:
     click_rounds: int = 4
     #: pixels whose intensity is within this of the click's count as "homogeneous" in the candidate score
     homogeneity_tolerance: float = 0.1
+    #: a click's intensity level: the median of the pixels within this radius (px) of it (a vessel reads its organ)
+    level_radius: int = 2
+    #: a click's candidates include the box of the similar-intensity region around it (below)
+    region_candidate: bool = True
+    #: the similar-intensity region around a click is split at necks narrower than 2 x this fraction of the slice's
+    #: longer side (two organs joined by a duct); its box is one more candidate
+    region_neck: float = 0.03
+    #: a candidate's score is weighted by (1 - w) + w x its Dice with the click's region (the object the click's
+    #: intensity outlines), w this
+    region_weight: float = 0.5
+    #: an anchor whose Dice with the click's region is at least this is an object of uniform intensity: ...
+    uniform_agreement: float = 0.8
+    #: ... its propagation stops (and retries) where less than this fraction of the mask has its intensity
+    #: (holes filled): the mask has leaked into a neighbour
+    uniform_inside: float = 0.85
+    #: a propagation stop (low IoU, no overlap, another tissue) is retried once with the box of the
+    #: similar-intensity region overlapping the previous mask
+    retry_stops: bool = True
     #: a negative click's object: the smallest candidate scoring at least this fraction of the best one
     negative_score_ratio: float = 0.5
     #: a negative's object covering at least this fraction of the mask's component is the same object

@@ -2,15 +2,20 @@
 propagated slice to slice (see engines/slice_strategy.py for how they compose, `SliceConfig` for the thresholds).
 
 - a 3D box: its middle slice prompted with the box, then propagated to both ends of the box;
-- a positive click: candidate boxes of several sizes centred on the click, each refitted to its own mask; the
-  candidate that keeps the click and scores best on predicted IoU x stability x edge contrast x intensity
-  homogeneity is the anchor, then propagated in both directions;
+- a positive click: candidate boxes of several sizes centred on the click, each refitted to its own mask, plus
+  the box of the click's similar-intensity region (engines/slice_region.py: the connected pixels of the click's
+  level, vessels filled, cut at thin necks); the candidate that keeps the click (the region's: or covers most of
+  the region) and scores best on predicted IoU x stability x edge contrast x intensity homogeneity x agreement
+  with the region is the anchor, then propagated in both directions;
 - a negative click's "excluded object": the same search, but the smallest candidate scoring at least
   `negative_score_ratio` of the best (what the user points at, not what encloses it), propagated.
 Propagation: each next slice is prompted with its neighbour's mask box (+ `box_margin`), refitted once when
 the mask touches the box; it stops at an empty / tiny mask, a mask that no longer overlaps its neighbour's, and,
-without a box, a low predicted IoU or a change of tissue intensity (the object has ended). A box bounds
-everything (its in-plane extent and its slices).
+without a box, a low predicted IoU or a change of tissue intensity (the object has ended); an anchor that is its
+click's region (an organ of uniform intensity) also stops where its mask leaks out of that intensity. Before
+stopping, the slice is retried once with the box of the object's intensity overlapping the previous mask (the
+neighbour's box held more than the object: an apex, a dome), the model's mask kept where it has that intensity.
+A box bounds everything (its in-plane extent and its slices).
 
 All arrays here are "slicing-axis first": [slices, rows, cols].
 """
@@ -25,11 +30,21 @@ from .base import ModelPrompts
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
+from .slice_region import dice, level_at, region_near, similar_filled, similar_region
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy
 
 SliceObject = dict  # slice index -> float32 probability [rows, cols]
+
+#: diagnostics sink: the first-click study (evaluate/first_click.py) sets a list; None (nothing kept) otherwise
+TRACE: list[dict] | None = None
+
+
+def _note(**event) -> None:
+    if TRACE is not None:
+        TRACE.append(event)
+
 
 class SliceObjects:
     """The model calls and objects of one `run` along the slicing axis `axis` (the fold is SliceStrategy's)."""
@@ -104,7 +119,7 @@ class SliceObjects:
             found = self.click_anchor(k, r, c, smallest=False)
             if found is not None:
                 self.keep(obj, k, found, found > 0)
-                self.propagate(obj, k, found > 0)
+                self.propagate(obj, k, found > 0, uniform=self.is_uniform(k, r, c, found > 0))
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 
@@ -143,7 +158,19 @@ class SliceObjects:
             box = clip_box((r - h, c - h, r + h, c + h), self.plane, within)
             if box_is_valid(box) and box not in boxes:
                 boxes.append(box)
-        final: list[tuple[np.ndarray, float]] = []
+        source = {box: "box" for box in boxes}
+        region = self.click_region(data.image01, r, c) if cfg.region_candidate else None
+        if region is not None and region.any():
+            # the similar-intensity region around the click: one more candidate (fitted to the region: not refitted)
+            box = grow_box(bbox_2d(region), cfg.refit_margin, self.plane, within)
+            if box not in source:
+                boxes.append(box)
+                source[box] = "region"
+
+        def agrees(mask: np.ndarray) -> bool:  # the model's mask is the click's region (most of it)
+            return bool((mask & region).sum() >= cfg.same_object * region.sum())
+
+        final: list[tuple[np.ndarray, float, str]] = []
         for round_ in range(cfg.click_rounds):
             if not boxes:
                 break
@@ -151,32 +178,56 @@ class SliceObjects:
             grow = []
             for box, lg, io in zip(boxes, logits, ious):
                 mask = lg > 0
-                if not mask[r, c]:
-                    continue  # lost the click: drop this candidate
+                if not (mask[r, c] or (source[box] == "region" and agrees(mask))):
+                    continue  # lost the click: drop this candidate (the region's may pass it by: a vessel)
                 new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
-                if round_ < cfg.click_rounds - 1 and max(abs(a - b) for a, b in zip(new, box)) > 1 and new not in grow:
+                moved = max(abs(a - b) for a, b in zip(new, box)) > 1
+                if source[box] != "region" and round_ < cfg.click_rounds - 1 and moved and new not in grow:
                     grow.append(new)
+                    source.setdefault(new, source[box])
                 else:
-                    final.append((lg, float(io)))
+                    final.append((lg, float(io), source[box]))
             boxes = grow
         scored = []
-        for logits, iou in final:
+        for logits, iou, _ in final:
             mask = logits > 0
-            score = iou * _stability(logits) * _edge(data.image01, mask) * _homogeneity(
-                data.image01, mask, r, c, cfg.homogeneity_tolerance)
-            scored.append((score, int(mask.sum()), logits))
+            agree = 1.0 if region is None or not region.any() else dice(mask, region)
+            parts = (iou, _stability(logits), _edge(data.image01, mask),
+                     _homogeneity(data.image01, mask, r, c, cfg.homogeneity_tolerance),
+                     1.0 - cfg.region_weight + cfg.region_weight * agree)
+            scored.append((float(np.prod(parts)), int(mask.sum()), logits, parts))
         if not scored:
+            _note(kind="anchor", slice=k, candidates=[], winner=None)
             return None
         if not smallest:
-            return max(scored, key=lambda s: s[0])[2]
-        top = max(s[0] for s in scored)
-        return min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])[2]
+            best = max(scored, key=lambda s: s[0])
+        else:
+            top = max(s[0] for s in scored)
+            best = min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])
+        _note(kind="anchor", slice=k, smallest=smallest, winner=next(n for n, s in enumerate(scored) if s is best),
+              candidates=[(s[0], s[1], *s[3]) for s in scored], sources=[f[2] for f in final])
+        return best[2]
+
+    def click_region(self, img01: np.ndarray, r: int, c: int) -> np.ndarray:
+        """The click's similar-intensity region on its slice (engines/slice_region.py)."""
+        cfg = self.cfg
+        level = level_at(img01, r, c, cfg.level_radius)
+        return similar_region(img01, r, c, level, cfg.homogeneity_tolerance,
+                              int(round(cfg.region_neck * max(self.plane))))
+
+    def is_uniform(self, k: int, r: int, c: int, mask: np.ndarray) -> bool:
+        """The anchor is the click's similar-intensity region (an organ of uniform intensity, e.g. a lung)."""
+        if not self.cfg.region_candidate:
+            return False
+        region = self.click_region(self.e.slice_data(self.axis, k, self.cancel).image01, r, c)
+        return region.any() and dice(mask, region) >= self.cfg.uniform_agreement
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
-                  adds_to: np.ndarray | None = None) -> None:
+                  adds_to: np.ndarray | None = None, uniform: bool = False) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
-        to it: a correction propagates only its change."""
+        to it: a correction propagates only its change. A `uniform` object also stops where its mask leaks out of
+        its intensity."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -185,6 +236,7 @@ class SliceObjects:
         lenient = self.box is not None and cfg.box_keeps_walking
         for step in (+1, -1):
             prev, k = mask0, k0 + step
+            why = "end"
             while self.in_range(k) and prev.sum() >= cfg.min_area:
                 self.tick(f"slice {k}")
                 box = grow_box(bbox_2d(prev), cfg.box_margin, self.plane, within)
@@ -197,22 +249,57 @@ class SliceObjects:
                     if refit != box:
                         lg, io = self.predict(k, [refit])
                         logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
-                if mask.sum() < cfg.min_area or (not lenient and iou < cfg.min_iou):
+                why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
+                if why and why != "adds nothing" and cfg.retry_stops:
+                    retried = self.retry(k, prev, ref, box, within)
+                    if retried is not None and not self.stop_reason(k, retried[1], prev, retried[2], ref,
+                                                                      lenient, adds_to, uniform):
+                        _note(kind="retry", slice=k, why=why)
+                        (logits, mask, iou), why = retried, ""
+                if why:
                     break
-                if (mask & dilate(prev, 2)).sum() < cfg.min_overlap * mask.sum():
-                    break
-                if not lenient:
-                    level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
-                    if abs(level - ref) > cfg.max_level_change:
-                        break  # another tissue: the object has ended
-                if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
-                    break  # nothing new here: the correction has ended
                 if masks_only:
                     obj[k] = mask
                 else:
                     self.keep(obj, k, logits, mask)
                 prev, k = mask, k + step
+            _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
 
+    def retry(self, k: int, prev: np.ndarray, ref: float, box: Box,
+              within: Box | None) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(logits, mask, IoU) on slice k prompted with the box of the region of the object's intensity that
+        overlaps the previous mask (the neighbour's box held more than the object); the model's mask is kept
+        where it agrees with that region. None when there is no such region."""
+        data = self.e.slice_data(self.axis, k, self.cancel)
+        region = region_near(data.image01, prev, ref, self.cfg.homogeneity_tolerance)
+        if region.sum() < self.cfg.min_area:
+            return None
+        fit = grow_box(bbox_2d(region), self.cfg.box_margin, self.plane, within)
+        logits, iou = self.predict(k, [fit])
+        return logits[0], (logits[0] > 0) & region, float(iou[0])
+
+    def stop_reason(self, k: int, mask: np.ndarray, prev: np.ndarray, iou: float, ref: float, lenient: bool,
+                    adds_to: np.ndarray | None, uniform: bool = False) -> str:
+        """Why propagation ends at slice k with this mask ("" when it goes on)."""
+        cfg = self.cfg
+        if mask.sum() < cfg.min_area:
+            return "empty"
+        if not lenient and iou < cfg.min_iou:
+            return f"iou {iou:.2f}"
+        if (mask & dilate(prev, 2)).sum() < cfg.min_overlap * mask.sum():
+            return "no overlap"
+        if not lenient:
+            level = float(np.median(self.e.slice_data(self.axis, k, self.cancel).image01[mask]))
+            if abs(level - ref) > cfg.max_level_change:
+                return f"level {level - ref:+.2f}"  # another tissue: the object has ended
+            if uniform:
+                img = self.e.slice_data(self.axis, k, self.cancel).image01
+                inside = float((mask & similar_filled(img, mask, ref, cfg.homogeneity_tolerance)).sum()) / mask.sum()
+                if inside < cfg.uniform_inside:
+                    return f"leak {inside:.2f}"
+        if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
+            return "adds nothing"  # the correction has ended
+        return ""
 
 
 def _stability(logits: np.ndarray) -> float:
@@ -229,5 +316,6 @@ def _edge(img: np.ndarray, mask: np.ndarray) -> float:
 
 def _homogeneity(img: np.ndarray, mask: np.ndarray, r: int, c: int, tolerance: float) -> float:
     near = (slice(max(r - 1, 0), r + 2), slice(max(c - 1, 0), c + 2))
-    ref = float(np.median(img[near][mask[near]]))  # the click's neighbours inside the candidate (it holds the click)
+    inside = img[near][mask[near]]  # the click's neighbours inside the candidate (a region's may pass the click by)
+    ref = float(np.median(inside if inside.size else img[near]))
     return float(np.mean(np.abs(img[mask] - ref) < tolerance)) + 1e-3

@@ -1,0 +1,105 @@
+"""Intensity regions of one slice for the slice strategy (engines/slice_objects.py): the connected pixels of
+similar intensity around a click, or near the previous slice's mask, as a box the model can be prompted with.
+
+Images are a slice min-max normalised to [0, 1] (`SliceData.image01`); masks are 2D bool arrays."""
+from __future__ import annotations
+
+import numpy as np
+
+from .prompts import label_components
+from .slice_ops import dilate, erode
+
+#: the smoothing before thresholding: a 3 x 3 median (noise and one-pixel specks do not split a region)
+MEDIAN_RADIUS = 1
+#: closing radius (px) before the holes are filled: small notches (vessels at a border) do not split a region
+CLOSING_RADIUS = 2
+
+
+def smoothed(img01: np.ndarray) -> np.ndarray:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(img01, np.float32))
+    return sitk.GetArrayFromImage(sitk.Median(image, [MEDIAN_RADIUS] * 2))
+
+
+def level_at(img01: np.ndarray, r: int, c: int, radius: int) -> float:
+    """The median intensity of the (2 radius + 1)^2 pixels around (r, c): a click on a vessel reads its organ."""
+    return float(np.median(img01[max(r - radius, 0):r + radius + 1, max(c - radius, 0):c + radius + 1]))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask, np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=True, foregroundValue=1)) > 0
+
+
+def _closed(mask: np.ndarray) -> np.ndarray:
+    """Holes filled, then notches closed (after the neck split: a closing before it could bridge two organs)."""
+    return _fill_holes(erode(dilate(_fill_holes(mask), CLOSING_RADIUS), CLOSING_RADIUS) | mask)
+
+
+def _split_necks(region: np.ndarray, r: int, c: int, neck: int) -> np.ndarray:
+    """The part of `region` around (r, c) once necks narrower than 2 `neck` px are cut (two organs joined by a
+    thin duct); the region itself when it is thinner than that everywhere."""
+    if neck <= 0:
+        return region
+    core = erode(region, neck)
+    if not core.any():
+        return region
+    labels = label_components(core)
+    sizes = np.bincount(labels.ravel())
+    big = sizes >= (2 * neck + 1) ** 2  # a core piece smaller than one neck-wide square is a speck
+    big[0] = False
+    if not big.any():
+        return region
+    # the click's piece: the first big core piece reached from the click inside the region (geodesic nearest)
+    reached = np.zeros(region.shape, bool)
+    reached[r, c] = True
+    for _ in range(region.size):
+        hit = np.unique(labels[reached & big[labels]])
+        if hit.size:
+            break
+        grown = dilate(reached, 1) & region
+        if grown.sum() == reached.sum():
+            return region
+        reached = grown
+    keep = max(hit, key=lambda lab: int(sizes[lab]))
+    return dilate(labels == keep, neck) & region
+
+
+def similar_region(img01: np.ndarray, r: int, c: int, level: float, tolerance: float, neck: int) -> np.ndarray:
+    """The connected pixels around (r, c) whose smoothed intensity is within `tolerance` of `level`, holes filled,
+    split at necks (see `_split_necks`); empty when the click's own pixel is not similar."""
+    similar = np.abs(smoothed(img01) - level) < tolerance
+    if not similar[r, c]:
+        return np.zeros(img01.shape, bool)
+    labels = label_components(similar)
+    return _closed(_split_necks(_fill_holes(labels == labels[r, c]), r, c, neck))
+
+
+def region_near(img01: np.ndarray, near: np.ndarray, level: float, tolerance: float) -> np.ndarray:
+    """The similar-intensity regions (holes filled) that overlap `near` (the previous slice's mask, grown)."""
+    similar = np.abs(smoothed(img01) - level) < tolerance
+    labels = label_components(similar & dilate(near, CLOSING_RADIUS))
+    if not labels.any():
+        return np.zeros(img01.shape, bool)
+    return _closed(labels > 0)
+
+
+def similar_filled(img01: np.ndarray, mask: np.ndarray, level: float, tolerance: float) -> np.ndarray:
+    """The similar-intensity regions that `mask` touches, each with its holes filled unless it reaches the image's
+    border (the air around a body would fill the body): what an object of uniform intensity may cover."""
+    labels = label_components(np.abs(smoothed(img01) - level) < tolerance)
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    out = np.zeros(img01.shape, bool)
+    for lab in np.unique(labels[mask]):
+        if lab:
+            part = labels == lab
+            out |= part if lab in border else _fill_holes(part)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else 0.0
