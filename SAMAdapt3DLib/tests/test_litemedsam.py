@@ -1,6 +1,5 @@
 """LiteMedSAM on the real slicerio chest CT (CPU). The model and one engine are shared per module
 so that slice embeddings are computed once."""
-import shutil
 
 import numpy as np
 import pytest
@@ -360,3 +359,22 @@ def test_cvpr_protocol_box_then_two_corrections_on_a_lung(model, engine, case):
     steps = [step.dice for step in result.steps]
     assert len(steps) == 3 and steps[0] >= 0.80
     assert all(b >= a - 0.02 for a, b in zip(steps, steps[1:])), steps
+
+
+#: one random click deep inside a lung (issue 16, part 2): the study's minimum over 60 clicks per lung (seeds 2026
+#: and 7, and the re-oriented copy) is 0.868, all others >= 0.909 (docs/LITEMEDSAM.md); this leaves room for
+#: numerical drift across machines, and is far above the 0.00-0.30 that a third of the clicks gave before
+RANDOM_CLICK_MIN_DICE = 0.85
+
+
+def test_three_random_deep_clicks_each_give_the_left_lung(session, case):
+    """3 seeded random clicks (a seed the study does not use) among the voxels of the left lung eroded 3 times,
+    one click per fresh session state."""
+    from samadapt3d.evaluate.first_click import clicks_in
+
+    lung = case[1]["left lung"]
+    for kji in clicks_in(lung, erosion=3, count=3, seed=31):
+        session.reset()
+        mask = np.asarray(session.add_point((int(kji[2]), int(kji[1]), int(kji[0]))))
+        assert mask[tuple(kji)]
+        assert dice(mask, lung) >= RANDOM_CLICK_MIN_DICE, f"click {tuple(kji[::-1])}"
