@@ -7,7 +7,13 @@ import pytest
 import torch
 from test_sam3d_reference import literal_block, randomised
 
-from samadapt3d.families.sam3d import SAM3DAdapter, Sam3DAdapterConfig, allocator, encoder, linear
+from samadapt3d.families.sam3d import (
+    SAM3DAdapter,
+    Sam3DAdapterConfig,
+    allocator,
+    encoder,
+    linear,
+)
 
 #: float32 results of a different summation order
 TOLERANCE = 1e-5

@@ -1,5 +1,6 @@
-"""`samadapt3d bench --model litemedsam`: the TinyViT encoder's backends side by side on a real CT slice, and a
-clinical-size session (the demo CT resampled to 512x512xN).
+"""`samadapt3d bench --model litemedsam`: the TinyViT encoder's backends side by side on a real CT slice (`--batch`,
+`NAME@4` candidates, OpenVINO hints), the box decoder on PyTorch vs OpenVINO (`--decoder`), the click masks of each
+precision against fp32 (`--parity`), and a clinical-size session (`--session N`: the demo CT resampled to 512x512xN).
 
 Encoder candidates are timed interleaved (one pass of each per round), so a loaded machine slows all of them
 alike; the figure is the median per slice. Each candidate's embedding is compared with exact PyTorch fp32.
