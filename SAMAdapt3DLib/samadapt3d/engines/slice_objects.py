@@ -173,10 +173,10 @@ class SliceObjects:
         return min((s for s in scored if s[0] >= cfg.negative_score_ratio * top), key=lambda s: s[1])[2]
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
-                  adds_to: np.ndarray | None = None) -> None:
+                  adds_to: np.ndarray | None = None, until=None) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
-        to it: a correction propagates only its change."""
+        to it: a correction propagates only its change. `until(k, mask)`: True stops the walk before slice k."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -207,6 +207,8 @@ class SliceObjects:
                         break  # another tissue: the object has ended
                 if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
                     break  # nothing new here: the correction has ended
+                if until is not None and until(k, mask):
+                    break
                 if masks_only:
                     obj[k] = mask
                 else:
