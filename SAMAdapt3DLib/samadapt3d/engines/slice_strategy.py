@@ -9,12 +9,18 @@ finds for a box, a click or a negative click, propagated (engines/slice_objects.
 Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
 - start from the seed (refining) united with the box's object;
 - a positive click ADDS its object (plus its own voxel, minus what earlier negatives cut from it): a positive
-  never removes anything, and clicks on separate objects give their union, on any slice, in any order;
+  never removes anything, and clicks on separate objects give their union, on any slice, in any order.
+  Its object: a correction of the mask when it can be one (`extended_object`: just outside a component of its
+  slice; `end_object`: on a slice the mask misses, within `end_reach` slices of its end), else its own object.
+  A correction walks on only while it adds (`correction_ended`) and keeps to the click's tissue (`keep_alike`);
+  with a box, positive clicks may reach `correction_reach` beyond its in-plane extent (the box bounds one slice);
 - a negative click REMOVES its cut from the result (never adds; its own voxel leaves unless a positive is on it).
   The cut, on the negative's slice, of the mask component it lands in:
   * the excluded object covers a small part of the component (another structure inside the mask): that object,
     dilated by `cut_dilation`, on every slice where it stays a small part;
   * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split);
+  * else, inside a box, when the negative lands on a part that looks unlike the rest of the component (another
+    tissue taken in): that part, and what continues it on the next slices (`appearance_cut`, no decoder run);
   * else, inside a box: the model re-segments the component in the largest box shrunk to stop just before
     the negative (the model's own boundary), and the rest is cut;
   * else, refining a seed without positive clicks: the excluded object, on every slice it spans;
@@ -143,12 +149,15 @@ class _Walk(SliceObjects):
         self.tick(f"click on slice {k}")
         logits, _ = self.predict(k, [box])
         mask = logits[0] > 0
-        limit = self.cfg.end_taper * current[near].sum()
+        limit = self.cfg.end_taper * float(current[near].sum())
         if not mask[r, c] or mask.sum() > limit:
             return None  # missed the click, or larger than the slice it continues: a leak, not the object's end
+        if (mask & dilate(current[near], 2)).sum() < self.cfg.min_overlap * mask.sum():
+            return None  # does not continue the mask: another object (its own click object is the answer)
+        limit = self.cfg.end_taper * float(mask.sum())
         obj: SliceObject = {}
         self.keep(obj, k, logits[0], mask)
-        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, limit))
+        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
         return obj
 
     def extended_object(self, fold: _Fold, k: int, r: int, c: int) -> SliceObject | None:
@@ -177,16 +186,25 @@ class _Walk(SliceObjects):
         self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current))
         return obj
 
-    def correction_ended(self, current: np.ndarray, limit: float | None = None) -> Callable[[int, np.ndarray], bool]:
+    def correction_ended(self, current: np.ndarray, k0: int | None = None,
+                         limit: float | None = None) -> Callable[[int, np.ndarray], bool]:
         """Where a correction's walk reaches slices the mask holds: it stops where it adds less than
-        `correction_min_gain` of the slice's mask (nothing to correct) or more than `correction_max_gain` (a leak);
-        beyond the mask's end, where it grows past `limit` pixels (an object tapers toward its end)."""
+        `correction_min_gain` of the slice's mask (nothing to correct) or more than `correction_max_gain` (a leak).
+        Walking on from an end slice k0 beyond the mask, it stops where the mask grows past `end_taper` times the
+        previous slice's (`limit` for k0's; an object tapers toward its end)."""
         lo, hi = self.cfg.correction_min_gain, self.cfg.correction_max_gain
+        previous = {+1: limit, -1: limit}
 
         def ended(k: int, mask: np.ndarray) -> bool:
             area = int(current[k].sum())
             if area == 0:
-                return limit is not None and mask.sum() > limit
+                if k0 is None or limit is None:
+                    return False
+                side = 1 if k > k0 else -1
+                if mask.sum() > previous[side]:
+                    return True
+                previous[side] = self.cfg.end_taper * float(mask.sum())
+                return False
             gain = int((mask & ~current[k]).sum())
             return gain < lo * area or gain > hi * area
         return ended
