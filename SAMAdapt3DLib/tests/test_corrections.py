@@ -24,21 +24,25 @@ def test_a_positive_click_beyond_the_box_in_plane_extent_adds_the_object_there()
     clicked = run(engine, [(True, (5, 20, 32))], box=box)
     assert clicked[5, 10:30, 30:34].all()
     assert not clicked[0].any() and not clicked[7].any()  # outside the box's slices: nothing
+    np.testing.assert_array_equal(clicked[4], boxed[4])  # the correction walked on only while it added
     assert not (boxed & ~clicked).any()
 
 
-def test_a_positive_click_past_the_mask_end_reopens_the_walk():
+def test_a_positive_click_past_the_mask_end_reopens_the_walk_while_it_tapers():
     """The walk stops where the tissue intensity changes (slices 5-6 are brighter, same object by the labels); a
-    click on slice 5 re-prompts it with slice 4's box and walks on to slice 6, and adds nothing elsewhere."""
-    volume = np.zeros((8, 40, 40), np.float32)
+    click on slice 5 re-prompts it with slice 4's box and walks on to slice 6, but not to slice 7, where the
+    bright tissue widens (an object tapers toward its end: a leak), and adds nothing elsewhere."""
+    volume = np.zeros((9, 40, 40), np.float32)
     volume[1:5, 10:20, 10:20] = 1.0
     volume[5:7, 11:19, 11:19] = 1.8
+    volume[7, 5:30, 5:30] = 1.8
     engine = make_engine(volume)
-    box = (np.array([1.0, 9.0, 9.0]), np.array([6.0, 20.0, 20.0]))
+    box = (np.array([1.0, 9.0, 9.0]), np.array([7.0, 20.0, 20.0]))
     boxed = run(engine, [], box=box)
     assert boxed[1:5, 10:20, 10:20].all() and not boxed[5:].any()
     clicked = run(engine, [(True, (5, 15, 15))], box=box)
     assert clicked[5:7, 11:19, 11:19].all()
+    assert not clicked[7].any()
     assert not (clicked & (volume == 0)).any()
 
 
