@@ -48,6 +48,6 @@ class SliceConfig:
     #: a correction's walk through slices the mask holds stops where it adds less than this fraction of the mask...
     correction_min_gain: float = 0.05
     #: ... or more than this fraction (a leak into a neighbour)
-    correction_max_gain: float = 0.5
+    correction_max_gain: float = 0.25
     #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area
     end_taper: float = 1.0

@@ -119,11 +119,11 @@ class SliceStrategy:
 class _Walk(SliceObjects):
     """One `run`: the objects (engines/slice_objects.py) composed click by click into the fold."""
 
-    #: True while a positive click's object is made: the box's in-plane extent is widened (see `plane_box`)
+    #: True while a positive click's correction of the mask is made: the box's in-plane extent is widened
     widened = False
 
     def plane_box(self):
-        """The box's in-plane extent; widened by `correction_reach` for positive clicks: the protocol's box is the
+        """The box's in-plane extent; widened by `correction_reach` for corrections: the protocol's box is the
         bounding box of one slice, and the object may reach beyond it on others (the box's slices still bound)."""
         box = super().plane_box()
         if box is None or not self.widened:
@@ -183,7 +183,8 @@ class _Walk(SliceObjects):
             return None
         obj: SliceObject = {}
         self.keep(obj, k, logits[0], mask)
-        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current))
+        limit = self.cfg.end_taper * float(mask.sum())
+        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
         return obj
 
     def correction_ended(self, current: np.ndarray, k0: int | None = None,
@@ -225,16 +226,16 @@ class _Walk(SliceObjects):
 
     def add(self, fold: _Fold, voxel: tuple[int, int, int]) -> None:
         k, r, c = voxel
-        self.widened = True
+        self.widened = True  # only for corrections of the mask: a click's own object stays within the box
         try:
             obj = self.extended_object(fold, k, r, c)
             if obj is None:
                 obj = self.end_object(fold, k, r, c)
-            corrects = obj is not None
-            if obj is None:
-                (obj,) = self.click_object(k, r, c)
         finally:
             self.widened = False
+        corrects = obj is not None
+        if obj is None:
+            (obj,) = self.click_object(k, r, c)
         if corrects:
             self.keep_alike(obj, fold.prob > 0.5, voxel)
         found = np.zeros(self.shape, np.float32)
