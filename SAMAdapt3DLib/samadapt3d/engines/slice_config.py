@@ -57,3 +57,15 @@ class SliceConfig:
     #: a positive click outside the mask but within this fraction of the slice's longer side of a mask component
     #: corrects that component: its slice is re-prompted with the box of component + click
     extend_reach: float = 0.25
+    #: a positive click's object may reach this fraction of the box's longer side beyond the box's in-plane extent
+    #: (the protocol's box bounds one slice; the box's slices still bound)
+    correction_reach: float = 0.25
+    #: a positive click on a slice without mask, at most this many slices from one with mask, re-opens the walk
+    #: there (prompted with that slice's mask box plus the click)
+    end_reach: int = 3
+    #: a correction's walk through slices the mask holds stops where it adds less than this fraction of the mask...
+    correction_min_gain: float = 0.05
+    #: ... or more than this fraction (a leak into a neighbour)
+    correction_max_gain: float = 0.25
+    #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area
+    end_taper: float = 1.0

@@ -223,11 +223,11 @@ class SliceObjects:
         return region.any() and dice(mask, region) >= self.cfg.uniform_agreement
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
-                  adds_to: np.ndarray | None = None, uniform: bool = False) -> None:
+                  adds_to: np.ndarray | None = None, uniform: bool = False, until=None) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
         to it: a correction propagates only its change. A `uniform` object also stops where its mask leaks out of
-        its intensity."""
+        its intensity. `until(k, mask)`: True stops the walk before slice k (a correction's own end rule)."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -257,6 +257,9 @@ class SliceObjects:
                         _note(kind="retry", slice=k, why=why)
                         (logits, mask, iou), why = retried, ""
                 if why:
+                    break
+                if until is not None and until(k, mask):
+                    why = "correction ends"
                     break
                 if masks_only:
                     obj[k] = mask

@@ -9,12 +9,18 @@ finds for a box, a click or a negative click, propagated (engines/slice_objects.
 Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
 - start from the seed (refining) united with the box's object;
 - a positive click ADDS its object (plus its own voxel, minus what earlier negatives cut from it): a positive
-  never removes anything, and clicks on separate objects give their union, on any slice, in any order;
+  never removes anything, and clicks on separate objects give their union, on any slice, in any order.
+  Its object: a correction of the mask when it can be one (`extended_object`: just outside a component of its
+  slice; `end_object`: on a slice the mask misses, within `end_reach` slices of its end), else its own object.
+  A correction walks on only while it adds (`correction_ended`) and keeps to the click's tissue (`keep_alike`);
+  with a box, positive clicks may reach `correction_reach` beyond its in-plane extent (the box bounds one slice);
 - a negative click REMOVES its cut from the result (never adds; its own voxel leaves unless a positive is on it).
   The cut, on the negative's slice, of the mask component it lands in:
   * the excluded object covers a small part of the component (another structure inside the mask): that object,
     dilated by `cut_dilation`, on every slice where it stays a small part;
   * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split);
+  * else, inside a box, when the negative lands on a part that looks unlike the rest of the component (another
+    tissue taken in): that part, and what continues it on the next slices (`appearance_cut`, no decoder run);
   * else, inside a box: the model re-segments the component in the largest box shrunk to stop just before
     the negative (the model's own boundary), and the rest is cut;
   * else, refining a seed without positive clicks: the excluded object, on every slice it spans;
@@ -113,6 +119,47 @@ class SliceStrategy:
 class _Walk(SliceObjects):
     """One `run`: the objects (engines/slice_objects.py) composed click by click into the fold."""
 
+    #: True while a positive click's correction of the mask is made: the box's in-plane extent is widened
+    widened = False
+
+    def plane_box(self):
+        """The box's in-plane extent; widened by `correction_reach` for corrections: the protocol's box is the
+        bounding box of one slice, and the object may reach beyond it on others (the box's slices still bound)."""
+        box = super().plane_box()
+        if box is None or not self.widened:
+            return box
+        return grow_box(box, self.cfg.correction_reach, self.plane)
+
+    def end_object(self, fold: _Fold, k: int, r: int, c: int) -> SliceObject | None:
+        """A positive click on a slice the mask misses, next to slices it holds (an end of the object, where the
+        walk stopped): the slice re-prompted with the nearest masked slice's box plus the click, propagated while it
+        adds to the mask; None when no masked slice is within `end_reach` slices or the model's mask misses it."""
+        current = fold.prob > 0.5
+        if not self.in_range(k) or current[k].any():
+            return None
+        held = np.flatnonzero(current.any(axis=(1, 2)))
+        if held.size == 0:
+            return None
+        near = int(held[np.argmin(np.abs(held - k))])
+        if abs(near - k) > self.cfg.end_reach:
+            return None
+        ref = current[near].copy()
+        ref[r, c] = True
+        box = grow_box(bbox_2d(ref), self.cfg.box_margin, self.plane, self.plane_box())
+        self.tick(f"click on slice {k}")
+        logits, _ = self.predict(k, [box])
+        mask = logits[0] > 0
+        limit = self.cfg.end_taper * float(current[near].sum())
+        if not mask[r, c] or mask.sum() > limit:
+            return None  # missed the click, or larger than the slice it continues: a leak, not the object's end
+        if (mask & dilate(current[near], 2)).sum() < self.cfg.min_overlap * mask.sum():
+            return None  # does not continue the mask: another object (its own click object is the answer)
+        limit = self.cfg.end_taper * float(mask.sum())
+        obj: SliceObject = {}
+        self.keep(obj, k, logits[0], mask)
+        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
+        return obj
+
     def extended_object(self, fold: _Fold, k: int, r: int, c: int) -> SliceObject | None:
         """A positive click just outside a mask component (a missed part of it): the slice re-prompted with the box
         of the component plus the click, propagated while it adds to the mask; None when no component is near or
@@ -136,9 +183,32 @@ class _Walk(SliceObjects):
             return None
         obj: SliceObject = {}
         self.keep(obj, k, logits[0], mask)
-        self.propagate(obj, k, mask, adds_to=current)
+        limit = self.cfg.end_taper * float(mask.sum())
+        self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
         return obj
 
+    def correction_ended(self, current: np.ndarray, k0: int | None = None,
+                         limit: float | None = None) -> Callable[[int, np.ndarray], bool]:
+        """Where a correction's walk reaches slices the mask holds: it stops where it adds less than
+        `correction_min_gain` of the slice's mask (nothing to correct) or more than `correction_max_gain` (a leak).
+        Walking on from an end slice k0 beyond the mask, it stops where the mask grows past `end_taper` times the
+        previous slice's (`limit` for k0's; an object tapers toward its end)."""
+        lo, hi = self.cfg.correction_min_gain, self.cfg.correction_max_gain
+        previous = {+1: limit, -1: limit}
+
+        def ended(k: int, mask: np.ndarray) -> bool:
+            area = int(current[k].sum())
+            if area == 0:
+                if k0 is None or limit is None:
+                    return False
+                side = 1 if k > k0 else -1
+                if mask.sum() > previous[side]:
+                    return True
+                previous[side] = self.cfg.end_taper * float(mask.sum())
+                return False
+            gain = int((mask & ~current[k]).sum())
+            return gain < lo * area or gain > hi * area
+        return ended
 
     # ---- the fold ----------------------------------------------------------------------------
     def start(self, seed: np.ndarray | None, key: tuple) -> _Fold:
@@ -156,9 +226,18 @@ class _Walk(SliceObjects):
 
     def add(self, fold: _Fold, voxel: tuple[int, int, int]) -> None:
         k, r, c = voxel
-        obj = self.extended_object(fold, k, r, c)
+        self.widened = True  # only for corrections of the mask: a click's own object stays within the box
+        try:
+            obj = self.extended_object(fold, k, r, c)
+            if obj is None:
+                obj = self.end_object(fold, k, r, c)
+        finally:
+            self.widened = False
+        corrects = obj is not None
         if obj is None:
             (obj,) = self.click_object(k, r, c)
+        if corrects:
+            self.keep_alike(obj, fold.prob > 0.5, voxel)
         found = np.zeros(self.shape, np.float32)
         for kk, p in obj.items():
             found[kk] = p
@@ -175,6 +254,23 @@ class _Walk(SliceObjects):
         np.maximum(fold.prob, np.where(mask, found, 0.0).astype(np.float32), out=fold.prob)
         fold.prob[voxel] = INSIDE
         fold.evidence[voxel] = True
+
+    def keep_alike(self, obj: SliceObject, current: np.ndarray, voxel: tuple[int, int, int]) -> None:
+        """What a correction adds to the mask keeps only the pixels that look like the click's tissue (intensity
+        nearer to the click's than to the rest of the model's mask there): the model's mask of a partial object
+        often takes in its surroundings. A homogeneous mask is kept whole."""
+        tol = self.cfg.homogeneity_tolerance
+        k, r, c = voxel
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        ref = float(np.median(img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]))
+        for kk, p in obj.items():
+            new = (p > 0.5) & ~current[kk]
+            im = self.e.slice_data(self.axis, kk, self.cancel).image01
+            other = new & (np.abs(im - ref) > tol)
+            if other.sum() < self.cfg.min_area:
+                continue
+            unlike = new & (np.abs(im - ref) >= np.abs(im - float(np.median(im[other]))))
+            p[unlike] = np.minimum(p[unlike], OUTSIDE)
 
     def remove(self, fold: _Fold, voxel: tuple[int, int, int]) -> None:
         fold.negatives.append(voxel)
@@ -212,6 +308,8 @@ class _Walk(SliceObjects):
             rr, cc = np.nonzero(comp)
             drop = nearer_to_negative(np.stack([rr, cc], 1), (r, c), pos_in)
             cut[k, rr[drop], cc[drop]] = True
+        elif self.box is not None and self.appearance_cut(fold, mask, cut, k, r, c, comp):
+            pass
         elif self.box is not None:
             cut[k] = self.shrink_cut(k, comp, r, c)
         elif not fold.positives and excluded:  # refining a seed: the object the negative points at goes
@@ -233,6 +331,40 @@ class _Walk(SliceObjects):
         labels = label_components(mask)
         hit = np.unique(labels[other & mask])
         return np.isin(labels, hit[hit > 0])
+
+    def appearance_cut(self, fold: _Fold, mask: np.ndarray, cut: np.ndarray, k: int, r: int, c: int,
+                       comp: np.ndarray) -> bool:
+        """The negative lands on a tissue that looks unlike the rest of the component (e.g. soft tissue taken into
+        a lung, a canal inside bone): the component's pixels whose intensity is nearer to the negative's than to
+        the rest's, connected to the click, and what continues them on the next slices (no decoder run). False
+        (nothing cut) when the component is homogeneous or that region is most of it."""
+        cfg = self.cfg
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        near = comp[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
+        neg = float(np.median(img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2][near]))
+        rest = comp & (np.abs(img - neg) > cfg.homogeneity_tolerance)
+        if rest.sum() < cfg.min_area:
+            return False
+        fg = float(np.median(img[rest]))
+
+        def like(kk: int) -> np.ndarray:
+            im = self.e.slice_data(self.axis, kk, self.cancel).image01
+            return mask[kk] & (np.abs(im - neg) < np.abs(im - fg))
+        region = component_at(like(k), (r, c))
+        if region.sum() >= cfg.same_object * comp.sum():
+            return False
+        cut[k] = region
+        for step in (+1, -1):
+            prev, kk = region, k + step
+            while self.in_range(kk) and 0 <= kk < self.n and mask[kk].any():
+                grown = self.components_touching(like(kk), dilate(prev, 1))
+                if not grown.any() or any(grown[p[1:]] for p in fold.positives if p[0] == kk):
+                    break
+                if grown.sum() >= cfg.same_object * mask[kk].sum():
+                    break  # most of that slice's mask: not a part that looks different any more
+                cut[kk] = grown
+                prev, kk = grown, kk + step
+        return True
 
     def shrink_cut(self, k: int, comp: np.ndarray, r: int, c: int) -> np.ndarray:
         """The model re-segments the component in its box shrunk (one side at a time) to end just before the
