@@ -250,7 +250,8 @@ class SliceObjects:
                         lg, io = self.predict(k, [refit])
                         logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
                 why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
-                if why and why != "adds nothing" and cfg.retry_stops:
+                # not inside a 3D box (measured: there it made corrective clicks cost up to 0.15 Dice)
+                if why and why != "adds nothing" and cfg.retry_stops and self.box is None:
                     retried = self.retry(k, prev, ref, box, within)
                     if retried is not None and not self.stop_reason(k, retried[1], prev, retried[2], ref,
                                                                       lenient, adds_to, uniform):
