@@ -10,15 +10,13 @@ so the logits equal PyTorch's to float rounding (tests/test_litemedsam_decoder.p
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .encoders import openvino_available, weights_digest, weights_fingerprint
+from .encoders import openvino_available, save_ir_atomically, weights_digest, weights_fingerprint
 from .paths import user_cache_dir
 
 log = logging.getLogger(__name__)
@@ -74,10 +72,7 @@ def export_decoder_ir(module: BoxDecoder, embedding_shape: tuple[int, int, int],
     """Trace `module` and save it as OpenVINO IR at `path` (dynamic box count), atomically."""
     import openvino as ov
 
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent.with_name(f".{path.parent.name}.{uuid.uuid4().hex}.tmp")
-    tmp.mkdir()
-    try:
+    def convert():
         modes = [(m, m.training) for m in module.modules()]  # the model's own modules: restored as they were
         module.eval()
         embedding = torch.zeros(1, *embedding_shape)
@@ -88,14 +83,9 @@ def export_decoder_ir(module: BoxDecoder, embedding_shape: tuple[int, int, int],
                                          input=[(1, *embedding_shape), (-1, 4)])
         for m, mode in modes:
             m.training = mode
-        ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
-        try:
-            tmp.rename(path.parent)
-        except OSError:
-            if not path.is_file():  # another process won the race: theirs is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return converted
+
+    save_ir_atomically(path, convert)
 
 
 class BoxDecoderRunner:

@@ -14,6 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -131,14 +132,30 @@ class OpenVINOEncoder:
             return torch.from_numpy(out.copy())
 
 
-def export_openvino_ir(module: nn.Module, image_size: int, path: Path) -> None:
-    """Convert `module` (eval, fp32) to OpenVINO IR at `path` (dynamic batch), atomically."""
+def save_ir_atomically(path: Path, convert: Callable[[], object]) -> None:
+    """Write the OpenVINO model that `convert()` returns as IR at `path` (the file in a folder of its own): into a
+    temporary sibling folder first, renamed into place, so that a reader never sees half an IR."""
     import openvino as ov
 
     path.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent.with_name(f".{path.parent.name}.{uuid.uuid4().hex}.tmp")
     tmp.mkdir()
     try:
+        ov.save_model(convert(), tmp / path.name, compress_to_fp16=False)
+        try:
+            tmp.rename(path.parent)
+        except OSError:
+            if not path.is_file():  # another process won the race: theirs is as good
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_openvino_ir(module: nn.Module, image_size: int, path: Path) -> None:
+    """Convert `module` (eval, fp32) to OpenVINO IR at `path` (dynamic batch), atomically."""
+    import openvino as ov
+
+    def convert():
         was_training = module.training
         module.eval()
         example = torch.zeros(1, 3, image_size, image_size)
@@ -147,14 +164,9 @@ def export_openvino_ir(module: nn.Module, image_size: int, path: Path) -> None:
             traced = torch.jit.trace(module, example, check_trace=False)
             converted = ov.convert_model(traced, example_input=example, input=[(-1, 3, image_size, image_size)])
         module.train(was_training)
-        ov.save_model(converted, tmp / path.name, compress_to_fp16=False)
-        try:
-            tmp.rename(path.parent)
-        except OSError:
-            if not path.is_file():  # another process won the race: theirs is as good
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return converted
+
+    save_ir_atomically(path, convert)
 
 
 class EncoderRunner:
