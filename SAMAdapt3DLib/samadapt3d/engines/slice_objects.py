@@ -30,7 +30,8 @@ from .base import ModelPrompts
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
-from .slice_region import dice, level_at, region_near, similar_filled, similar_region
+from ..evaluate.metrics import dice  # the candidate's agreement with a non-empty region
+from .slice_region import level_at, region_near, similar_filled, similar_region
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy

@@ -98,8 +98,3 @@ def similar_filled(img01: np.ndarray, mask: np.ndarray, level: float, tolerance:
             part = labels == lab
             out |= part if lab in border else _fill_holes(part)
     return out
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * int((a & b).sum()) / total if total else 0.0

@@ -23,6 +23,7 @@ import torch
 from ..errors import CancelledError, InputError
 from ..families.base import SliceModel
 from .base import ModelPrompts, ProgressCallback
+from .prompts import click_voxel
 from .embedding_cache import (DEFAULT_DISK_STORE, DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData,
                               SliceEmbeddingCache)
 from .slice_config import SliceConfig
@@ -97,14 +98,15 @@ class SliceEngine:
         self._background = False
         self.embeddings.stop_prefetch()
 
-    @staticmethod
-    def _focus(prompts: ModelPrompts, axis: int) -> int | None:
-        """The slice along `axis` the user looks at: the latest click's, else the box's middle."""
+    def _focus(self, prompts: ModelPrompts, axis: int) -> int | None:
+        """The slice along `axis` the user looks at: the latest click's voxel, else the box's middle (as the
+        strategy picks it)."""
         clicks = prompts.clicks()
         if clicks:
-            return int(round(float(clicks[-1][1][axis])))
+            return int(click_voxel(clicks[-1][1], self.image.shape)[axis])
         if prompts.box is not None:
-            return int(round(float(prompts.box[0][axis] + prompts.box[1][axis]) / 2))
+            lo, hi = (click_voxel(corner, self.image.shape)[axis] for corner in prompts.box)
+            return int(round((lo + hi) / 2))
         return None
 
     def warm_up(self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
