@@ -43,6 +43,7 @@ from .base import ModelPrompts, ProgressCallback
 from .prompts import label_components, nearer_to_negative
 from .slice_objects import SliceObject, SliceObjects
 from .slice_ops import bbox_2d, box_is_valid, component_at, dilate, grow_box
+from .slice_region import level_at
 
 if TYPE_CHECKING:
     from .slices import SliceEngine
@@ -262,7 +263,7 @@ class _Walk(SliceObjects):
         tol = self.cfg.homogeneity_tolerance
         k, r, c = voxel
         img = self.e.slice_data(self.axis, k, self.cancel).image01
-        ref = float(np.median(img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]))
+        ref = level_at(img, r, c, 1)  # the click's 3 x 3 neighbourhood
         for kk, p in obj.items():
             new = (p > 0.5) & ~current[kk]
             im = self.e.slice_data(self.axis, kk, self.cancel).image01
