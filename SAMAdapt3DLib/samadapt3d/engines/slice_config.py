@@ -70,3 +70,9 @@ class SliceConfig:
     correction_max_gain: float = 0.25
     #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area
     end_taper: float = 1.0
+    #: every positive object's boundary is re-decided by intensity in a band this many slice pixels wide on each
+    #: side of it (engines/slice_appearance.py; 0: off)...
+    appearance_band: int = 2
+    #: ... where the object's histograms tell its core from its far ring with at least this balanced accuracy
+    #: (0.5: chance; above 1: never)
+    appearance_separation: float = 0.75

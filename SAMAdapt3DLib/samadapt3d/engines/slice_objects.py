@@ -31,6 +31,7 @@ from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
 from ..evaluate.metrics import dice  # the candidate's agreement with a non-empty region
+from .slice_appearance import refine_by_appearance
 from .slice_region import level_at, region_near, similar_filled, similar_region
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class SliceObjects:
             mask = logits[0] > 0
             self.keep(obj, k, logits[0], mask)
             self.propagate(obj, k, mask)
+            self.refine(obj)
             return obj, k, mask
         return self.s.memo(self.key("box"), make)
 
@@ -121,6 +123,7 @@ class SliceObjects:
             if found is not None:
                 self.keep(obj, k, found, found > 0)
                 self.propagate(obj, k, found > 0, uniform=self.is_uniform(k, r, c, found > 0))
+                self.refine(obj)
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 
@@ -139,13 +142,37 @@ class SliceObjects:
 
     def keep(self, obj: SliceObject, k: int, logits: np.ndarray, mask: np.ndarray) -> None:
         p = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
-        p = np.where(mask, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3)).astype(np.float32)
-        if self.box is not None:
-            r0, c0, r1, c1 = self.plane_box()
-            inside = np.zeros(self.plane, bool)
-            inside[r0:r1 + 1, c0:c1 + 1] = True
+        p = _decided(p, mask)
+        inside = self.inside_box()
+        if inside is not None:
             p = np.where(inside, p, 0.0).astype(np.float32)
         obj[k] = p
+
+    def inside_box(self) -> np.ndarray | None:
+        """The pixels of the box's in-plane extent (bool [rows, cols]); None without a box."""
+        within = self.plane_box()
+        if within is None:
+            return None
+        r0, c0, r1, c1 = within
+        inside = np.zeros(self.plane, bool)
+        inside[r0:r1 + 1, c0:c1 + 1] = True
+        return inside
+
+    def refine(self, obj: SliceObject) -> None:
+        """The object's boundary re-decided by intensity in a thin band (engines/slice_appearance.py), within the
+        box's in-plane extent; pixels it adds enter just above 0.5, pixels it drops leave just below."""
+        cfg = self.cfg
+        if cfg.appearance_band <= 0 or not obj:
+            return
+        masks = {k: p > 0.5 for k, p in obj.items()}
+        images = {k: self.e.slice_data(self.axis, k, self.cancel).image01 for k in masks}
+        refined, check = refine_by_appearance(images, masks, cfg.appearance_band, cfg.appearance_separation)
+        _note(kind="appearance", core_inside=check.core_inside, far_outside=check.far_outside, used=check.used)
+        if not check.used:
+            return
+        inside = self.inside_box()
+        for k, mask in refined.items():
+            obj[k] = _decided(obj[k], mask if inside is None else mask & inside)
 
     def click_anchor(self, k: int, r: int, c: int, smallest: bool) -> np.ndarray | None:
         """Logits of the best candidate mask on slice k around the click (see the module docstring)."""
@@ -305,6 +332,12 @@ class SliceObjects:
         if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
             return "adds nothing"  # the correction has ended
         return ""
+
+
+def _decided(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Probabilities that agree with `mask`: above 0.5 inside it, below outside (the model's own value where it
+    already agrees)."""
+    return np.where(mask, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3)).astype(np.float32)
 
 
 def _stability(logits: np.ndarray) -> float:

@@ -27,7 +27,7 @@ def level_at(img01: np.ndarray, r: int, c: int, radius: int) -> float:
     return float(np.median(img01[max(r - radius, 0):r + radius + 1, max(c - radius, 0):c + radius + 1]))
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
+def fill_holes(mask: np.ndarray) -> np.ndarray:
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(mask, np.uint8))
@@ -36,7 +36,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def _closed(mask: np.ndarray) -> np.ndarray:
     """Holes filled, then notches closed (after the neck split: a closing before it could bridge two organs)."""
-    return _fill_holes(erode(dilate(_fill_holes(mask), CLOSING_RADIUS), CLOSING_RADIUS) | mask)
+    return fill_holes(erode(dilate(fill_holes(mask), CLOSING_RADIUS), CLOSING_RADIUS) | mask)
 
 
 def _split_necks(region: np.ndarray, r: int, c: int, neck: int) -> np.ndarray:
@@ -75,7 +75,7 @@ def similar_region(img01: np.ndarray, r: int, c: int, level: float, tolerance: f
     if not similar[r, c]:
         return np.zeros(img01.shape, bool)
     labels = label_components(similar)
-    return _closed(_split_necks(_fill_holes(labels == labels[r, c]), r, c, neck))
+    return _closed(_split_necks(fill_holes(labels == labels[r, c]), r, c, neck))
 
 
 def region_near(img01: np.ndarray, near: np.ndarray, level: float, tolerance: float) -> np.ndarray:
@@ -96,5 +96,5 @@ def similar_filled(img01: np.ndarray, mask: np.ndarray, level: float, tolerance:
     for lab in np.unique(labels[mask]):
         if lab:
             part = labels == lab
-            out |= part if lab in border else _fill_holes(part)
+            out |= part if lab in border else fill_holes(part)
     return out

@@ -159,6 +159,7 @@ class _Walk(SliceObjects):
         obj: SliceObject = {}
         self.keep(obj, k, logits[0], mask)
         self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
+        self.refine(obj)
         return obj
 
     def extended_object(self, fold: _Fold, k: int, r: int, c: int) -> SliceObject | None:
@@ -186,6 +187,7 @@ class _Walk(SliceObjects):
         self.keep(obj, k, logits[0], mask)
         limit = self.cfg.end_taper * float(mask.sum())
         self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
+        self.refine(obj)
         return obj
 
     def correction_ended(self, current: np.ndarray, k0: int | None = None,

@@ -1,0 +1,88 @@
+"""The appearance refinement of a slice object (engines/slice_objects.py): the 2D model's boundary, re-decided by
+intensity in a thin band around it.
+
+A box-trained 2D model draws boundaries that are off by a pixel or two, and at a CT's typical resolution that is
+a large part of a small or thin structure: measured on the slicerio CT with the true box on every slice, the
+model's masks reach Dice 0.72-0.90 (spine, lungs). The object itself says what it looks like: the intensities of
+its core (the mask eroded by the band's width) against those of the ring just outside it. Each pixel of the band
+goes to the side whose intensity histogram is likelier there; the core stays in, all beyond the band stays out.
+The refinement is used only where the two histograms tell the object apart on the object's own pixels (the mean
+of its core's fraction judged "inside" and its far ring's judged "outside"): an object that looks like its surroundings is left as the model
+drew it.
+
+Images are min-max normalised slices ([0, 1], `SliceData.image01`); masks are 2D bool arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .prompts import label_components
+from .slice_ops import dilate, erode
+from .slice_region import fill_holes
+
+#: histogram bins over [0, 1] (a CT window of 2048 HU: 32 HU a bin)
+BINS = 64
+#: a histogram's smoothing kernel over neighbouring bins, and the floor that keeps empty bins comparable
+SMOOTHING = (0.25, 0.5, 0.25)
+FLOOR = 1e-3
+#: the ring that checks the separation reaches this many band widths beyond the mask
+FAR_RING = 2
+
+
+@dataclass(frozen=True)
+class AppearanceCheck:
+    """How well the object's histograms separate it: the fraction of its core judged inside, of its far ring
+    judged outside; `used` when their mean (the balanced accuracy) reaches the config's `appearance_separation`."""
+
+    core_inside: float
+    far_outside: float
+    used: bool
+
+
+def _histogram(values: np.ndarray) -> np.ndarray:
+    counts = np.bincount(_bins(values), minlength=BINS).astype(np.float64)
+    counts = np.convolve(counts, SMOOTHING, mode="same") + FLOOR
+    return counts / counts.sum()
+
+
+def _bins(values: np.ndarray) -> np.ndarray:
+    return np.clip((np.asarray(values) * BINS).astype(np.int64), 0, BINS - 1)
+
+
+def refine_by_appearance(images: dict[int, np.ndarray], masks: dict[int, np.ndarray], width: int,
+                         separation: float) -> tuple[dict[int, np.ndarray], AppearanceCheck]:
+    """The object's masks (slice index -> bool [rows, cols]) with the pixels of the band within `width` px of each
+    boundary re-decided by intensity; `images`: the same slices' normalised images (not smoothed: a median filter
+    would round the corners of small objects off; the histograms' smoothing takes the noise). Returns the masks
+    (unchanged when the check fails) and the check."""
+    slices = [k for k, m in masks.items() if m.any()]
+    if not slices:
+        return masks, AppearanceCheck(0.0, 0.0, False)
+    core, band, ring, far_ring = {}, {}, {}, {}
+    for k in slices:
+        m = masks[k]
+        eroded = erode(m, width)
+        core[k] = eroded if eroded.any() else m  # a structure thinner than the band: all of it is its core
+        grown = dilate(m, width)
+        band[k] = grown & ~core[k]
+        ring[k] = grown & ~m
+        far_ring[k] = dilate(m, FAR_RING * width) & ~grown
+    inside = _histogram(np.concatenate([images[k][core[k]] for k in slices]))
+    outside = _histogram(np.concatenate([images[k][ring[k] | far_ring[k]] for k in slices]))
+    likely = {k: inside[_bins(images[k])] > outside[_bins(images[k])] for k in slices}
+    core_in = float(np.mean(np.concatenate([likely[k][core[k]] for k in slices])))
+    far_values = np.concatenate([likely[k][far_ring[k]] for k in slices])
+    far_out = 1.0 - float(np.mean(far_values)) if far_values.size else 0.0
+    check = AppearanceCheck(core_in, far_out, (core_in + far_out) / 2 >= separation)
+    if not check.used:
+        return masks, check
+    out = dict(masks)
+    for k in slices:
+        refined = core[k] | (band[k] & likely[k])
+        labels = label_components(refined)
+        keep = np.unique(labels[core[k]])
+        refined = np.isin(labels, keep[keep > 0])  # band pieces cut off from the object's core are not the object
+        out[k] = refined | (masks[k] & fill_holes(refined))  # what it encloses of the model's mask stays
+    return out, check
