@@ -16,6 +16,8 @@ click's region (an organ of uniform intensity) also stops where its mask leaks o
 stopping, the slice is retried once with the box of the object's intensity overlapping the previous mask (the
 neighbour's box held more than the object: an apex, a dome), the model's mask kept where it has that intensity.
 A box bounds everything (its in-plane extent and its slices).
+Every positive object (the box's, a click's, a correction's) ends with its boundary re-decided by intensity in a
+thin band (engines/slice_appearance.py), where its own histograms tell it from its surroundings.
 
 All arrays here are "slicing-axis first": [slices, rows, cols].
 """
