@@ -298,6 +298,7 @@ class _Walk(SliceObjects):
         other = excluded.get(k)
         if other is not None and self.is_other_structure(other, comp, pos_in):
             cut[k] = dilate(other, cfg.cut_dilation) & comp
+            neg = level_at(self.e.slice_data(self.axis, k, self.cancel).image01, r, c, 1)
             for step in (+1, -1):  # follow the excluded object while it stays another structure
                 kk = k + step
                 while kk in excluded and mask[kk].any():
@@ -305,12 +306,19 @@ class _Walk(SliceObjects):
                     pos_k = [p[1:] for p in fold.positives if p[0] == kk and region[p[1:]]]
                     if not self.is_other_structure(excluded[kk], region, pos_k):
                         break
+                    if not self.looks_like(kk, excluded[kk] & region, region & ~excluded[kk], neg):
+                        break  # the model's object there is no longer the tissue the negative points at
                     cut[kk] = dilate(excluded[kk], cfg.cut_dilation) & region
                     kk += step
         elif pos_in:
             rr, cc = np.nonzero(comp)
             drop = nearer_to_negative(np.stack([rr, cc], 1), (r, c), pos_in)
             cut[k, rr[drop], cc[drop]] = True
+            found = self.unlike_part(mask, k, r, c, comp)
+            if found is not None:  # the negative's half holds another tissue: only that tissue goes
+                part = component_at(found[0] & cut[k], (r, c))
+                if part.any():
+                    cut[k] = part
         elif self.box is not None and self.appearance_cut(fold, mask, cut, k, r, c, comp):
             pass
         elif self.box is not None:
@@ -321,6 +329,14 @@ class _Walk(SliceObjects):
         else:
             self.cut_along_axis(fold, mask, cut, k, comp)
         return self.detached(fold, mask, cut)
+
+    def looks_like(self, k: int, part: np.ndarray, rest: np.ndarray, level: float) -> bool:
+        """The part's median intensity on slice k is nearer to `level` than to the rest's (a part to cut)."""
+        if not part.any() or not rest.any():
+            return bool(part.any())
+        im = self.e.slice_data(self.axis, k, self.cancel).image01
+        median = float(np.median(im[part]))
+        return abs(median - level) < abs(median - float(np.median(im[rest])))
 
     def is_other_structure(self, other: np.ndarray, region: np.ndarray, positives) -> bool:
         overlap = int((other & region).sum())
@@ -335,19 +351,18 @@ class _Walk(SliceObjects):
         hit = np.unique(labels[other & mask])
         return np.isin(labels, hit[hit > 0])
 
-    def appearance_cut(self, fold: _Fold, mask: np.ndarray, cut: np.ndarray, k: int, r: int, c: int,
-                       comp: np.ndarray) -> bool:
-        """The negative lands on a tissue that looks unlike the rest of the component (e.g. soft tissue taken into
-        a lung, a canal inside bone): the component's pixels whose intensity is nearer to the negative's than to
-        the rest's, connected to the click, and what continues them on the next slices (no decoder run). False
-        (nothing cut) when the component is homogeneous or that region is most of it."""
+    def unlike_part(self, mask: np.ndarray, k: int, r: int, c: int,
+                    comp: np.ndarray) -> tuple[np.ndarray, Callable[[int], np.ndarray]] | None:
+        """The pixels of the component whose intensity is nearer to the negative's than to the rest's, connected to
+        the click, and the test of that likeness for any slice's mask; None when the component is homogeneous or
+        that part is most of it."""
         cfg = self.cfg
         img = self.e.slice_data(self.axis, k, self.cancel).image01
         near = comp[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
         neg = float(np.median(img[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2][near]))
         rest = comp & (np.abs(img - neg) > cfg.homogeneity_tolerance)
         if rest.sum() < cfg.min_area:
-            return False
+            return None
         fg = float(np.median(img[rest]))
 
         def like(kk: int) -> np.ndarray:
@@ -355,7 +370,19 @@ class _Walk(SliceObjects):
             return mask[kk] & (np.abs(im - neg) < np.abs(im - fg))
         region = component_at(like(k), (r, c))
         if region.sum() >= cfg.same_object * comp.sum():
+            return None
+        return region, like
+
+    def appearance_cut(self, fold: _Fold, mask: np.ndarray, cut: np.ndarray, k: int, r: int, c: int,
+                       comp: np.ndarray) -> bool:
+        """The negative lands on a tissue that looks unlike the rest of the component (e.g. soft tissue taken into
+        a lung, a canal inside bone): that part (`unlike_part`), and what continues it on the next slices (no
+        decoder run). False (nothing cut) when there is no such part."""
+        cfg = self.cfg
+        found = self.unlike_part(mask, k, r, c, comp)
+        if found is None:
             return False
+        region, like = found
         cut[k] = region
         for step in (+1, -1):
             prev, kk = region, k + step
@@ -365,6 +392,8 @@ class _Walk(SliceObjects):
                     break
                 if grown.sum() >= cfg.same_object * mask[kk].sum():
                     break  # most of that slice's mask: not a part that looks different any more
+                if grown.sum() > cfg.end_taper * prev.sum():
+                    break  # larger than what it continues: the object's own tissue at its edge, not that part
                 cut[kk] = grown
                 prev, kk = grown, kk + step
         return True
