@@ -7,8 +7,8 @@ model's masks reach Dice 0.72-0.90 (spine, lungs). The object itself says what i
 its core (the mask eroded by the band's width) against those of the ring just outside it. Each pixel of the band
 goes to the side whose intensity histogram is likelier there; the core stays in, all beyond the band stays out.
 The refinement is used only where the two histograms tell the object apart on the object's own pixels (the mean
-of its core's fraction judged "inside" and its far ring's judged "outside"): an object that looks like its surroundings is left as the model
-drew it.
+of its core's fraction judged "inside" and its far ring's judged "outside"): an object that looks like its
+surroundings is left as the model drew it.
 
 Images are min-max normalised slices ([0, 1], `SliceData.image01`); masks are 2D bool arrays.
 """

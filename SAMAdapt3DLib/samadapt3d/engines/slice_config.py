@@ -68,7 +68,8 @@ class SliceConfig:
     correction_min_gain: float = 0.05
     #: ... or more than this fraction (a leak into a neighbour)
     correction_max_gain: float = 0.25
-    #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area
+    #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area (and a
+    #: negative's appearance cut, followed through slices, may not exceed this multiple of the previous slice's cut)
     end_taper: float = 1.0
     #: every positive object's boundary is re-decided by intensity in a band this many slice pixels wide on each
     #: side of it (engines/slice_appearance.py; 0: off)...

@@ -17,10 +17,13 @@ Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
 - a negative click REMOVES its cut from the result (never adds; its own voxel leaves unless a positive is on it).
   The cut, on the negative's slice, of the mask component it lands in:
   * the excluded object covers a small part of the component (another structure inside the mask): that object,
-    dilated by `cut_dilation`, on every slice where it stays a small part;
-  * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split);
+    dilated by `cut_dilation`, on every slice where it stays a small part and still looks like the negative's
+    tissue (`looks_like`);
+  * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split); only the
+    part of them that looks unlike the rest (`unlike_part`) when there is one;
   * else, inside a box, when the negative lands on a part that looks unlike the rest of the component (another
-    tissue taken in): that part, and what continues it on the next slices (`appearance_cut`, no decoder run);
+    tissue taken in): that part, and what continues it on the next slices without outgrowing it (`end_taper`;
+    `appearance_cut`, no decoder run);
   * else, inside a box: the model re-segments the component in the largest box shrunk to stop just before
     the negative (the model's own boundary), and the rest is cut;
   * else, refining a seed without positive clicks: the excluded object, on every slice it spans;
