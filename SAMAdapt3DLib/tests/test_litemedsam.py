@@ -151,13 +151,22 @@ def test_same_lung_on_a_reoriented_flipped_copy(model, engine, case, lung_masks)
         assert dice(mask, truth[name]) >= 0.80
 
 
+#: slices holding at least this fraction of a lung's largest cross-section count as the lung's (its ends included)
+LUNG_END_FRACTION = 0.15
+
+
 @pytest.mark.parametrize("name", ["right lung", "left lung"])
 def test_box_around_a_lung_segments_it_and_bounds_the_result(session, case, name):
     _, truth = case
     k, j, i = np.nonzero(truth[name])
     lo, hi = (i.min(), j.min(), k.min()), (i.max(), j.max(), k.max())
     mask = np.asarray(session.set_box(lo, hi))
-    assert dice(mask, truth[name]) >= 0.82
+    assert dice(mask, truth[name]) >= 0.90
+    # the lung's base around the liver's dome and its apex, where the model's own mask turns into the liver or
+    # the chest wall (before the uniform continuation: Dice 0 on the right lung's slices 9-11 and 31)
+    areas = truth[name].sum(axis=(1, 2))
+    for k in np.flatnonzero(areas >= LUNG_END_FRACTION * areas.max()):
+        assert dice(mask[k], truth[name][k]) >= 0.3, (k, dice(mask[k], truth[name][k]))
     inside = np.zeros_like(mask)
     inside[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = True
     assert mask.any() and not (mask & ~inside).any()

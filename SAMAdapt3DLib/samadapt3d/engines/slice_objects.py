@@ -15,6 +15,10 @@ without a box, a low predicted IoU or a change of tissue intensity (the object h
 click's region (an organ of uniform intensity) also stops where its mask leaks out of that intensity. Before
 stopping, the slice is retried once with the box of the object's intensity overlapping the previous mask (the
 neighbour's box held more than the object: an apex, a dome), the model's mask kept where it has that intensity.
+An object of uniform intensity (a click's region of the click's own level, or a box's mask that is the
+similar-intensity region inside the box: a lung) goes on where the model's mask has become another tissue, as its
+own intensity near the previous mask and never larger than it (`continuation`: a lung's base around the liver's
+dome, its apex). A candidate whose refit loses the click keeps the mask before the refit.
 A box bounds everything (its in-plane extent and its slices).
 Every positive object (the box's, a click's, a correction's) ends with its boundary re-decided by intensity in a
 thin band (engines/slice_appearance.py), where its own histograms tell it from its surroundings.
@@ -110,7 +114,7 @@ class SliceObjects:
             obj: SliceObject = {}
             mask = logits[0] > 0
             self.keep(obj, k, logits[0], mask)
-            self.propagate(obj, k, mask)
+            self.propagate(obj, k, mask, continues=self.is_uniform_mask(k, mask))
             self.refine(obj)
             return obj, k, mask
         return self.s.memo(self.key("box"), make)
@@ -124,7 +128,9 @@ class SliceObjects:
             found = self.click_anchor(k, r, c, smallest=False)
             if found is not None:
                 self.keep(obj, k, found, found > 0)
-                self.propagate(obj, k, found > 0, uniform=self.is_uniform(k, r, c, found > 0))
+                uniform = self.is_uniform(k, r, c, found > 0)
+                continues = uniform and self.has_click_level(k, r, c, found > 0)
+                self.propagate(obj, k, found > 0, uniform=uniform, continues=continues)
                 self.refine(obj)
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
@@ -201,6 +207,7 @@ class SliceObjects:
             return bool((mask & region).sum() >= cfg.same_object * region.sum())
 
         final: list[tuple[np.ndarray, float, str]] = []
+        before: dict[Box, tuple[np.ndarray, float, str]] = {}  # a refitted box -> the mask it was fitted to
         for round_ in range(cfg.click_rounds):
             if not boxes:
                 break
@@ -209,12 +216,15 @@ class SliceObjects:
             for box, lg, io in zip(boxes, logits, ious):
                 mask = lg > 0
                 if not (mask[r, c] or (source[box] == "region" and agrees(mask))):
+                    if box in before:  # the refit lost the click: the mask before it stands
+                        final.append(before.pop(box))
                     continue  # lost the click: drop this candidate (the region's may pass it by: a vessel)
                 new = grow_box(bbox_2d(mask), cfg.refit_margin, self.plane, within)
                 moved = max(abs(a - b) for a, b in zip(new, box)) > 1
                 if source[box] != "region" and round_ < cfg.click_rounds - 1 and moved and new not in grow:
                     grow.append(new)
                     source.setdefault(new, source[box])
+                    before[new] = (lg, float(io), source[box])
                 else:
                     final.append((lg, float(io), source[box]))
             boxes = grow
@@ -252,12 +262,44 @@ class SliceObjects:
         region = self.click_region(self.e.slice_data(self.axis, k, self.cancel).image01, r, c)
         return region.any() and dice(mask, region) >= self.cfg.uniform_agreement
 
+    def has_click_level(self, k: int, r: int, c: int, mask: np.ndarray) -> bool:
+        """The mask has the intensity of the click's own 3 x 3 pixels (a click at an organ's edge may get the
+        neighbour's mask: that mask may not be continued as the click's tissue)."""
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        return abs(level_at(img, r, c, 1) - float(np.median(img[mask]))) < self.cfg.homogeneity_tolerance
+
+    def is_uniform_mask(self, k: int, mask: np.ndarray) -> bool:
+        """The mask is the similar-intensity region it lies in, within the box (an organ of uniform intensity: a
+        box's lung)."""
+        if not self.cfg.uniform_continuation or not mask.any():
+            return False
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        region = similar_filled(img, mask, float(np.median(img[mask])), self.cfg.homogeneity_tolerance)
+        inside = self.inside_box()
+        return dice(mask, region if inside is None else region & inside) >= self.cfg.uniform_agreement
+
+    def continuation(self, k: int, prev: np.ndarray, ref: float) -> np.ndarray | None:
+        """Where the model's mask has turned into another tissue: the object's own intensity on slice k near the
+        previous mask (within the box), never larger than it (a lung's base around the liver's dome, its apex);
+        None when too little of it is left."""
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        region = region_near(img, prev, ref, self.cfg.homogeneity_tolerance)
+        inside = self.inside_box()
+        if inside is not None:
+            region &= inside
+        if not self.cfg.min_area <= region.sum() <= self.cfg.end_taper * prev.sum():
+            return None
+        return region
+
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
-                  adds_to: np.ndarray | None = None, uniform: bool = False, until=None) -> None:
+                  adds_to: np.ndarray | None = None, uniform: bool = False, until=None,
+                  continues: bool = False) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
         to it: a correction propagates only its change. A `uniform` object also stops where its mask leaks out of
-        its intensity. `until(k, mask)`: True stops the walk before slice k (a correction's own end rule)."""
+        its intensity. `until(k, mask)`: True stops the walk before slice k (a correction's own end rule). An
+        object that `continues` goes on by its own intensity where the model's mask has become another tissue
+        (`continuation`)."""
         cfg = self.cfg
         if not mask0.any():
             return
@@ -287,6 +329,11 @@ class SliceObjects:
                                                                       lenient, adds_to, uniform):
                         _note(kind="retry", slice=k, why=why)
                         (logits, mask, iou), why = retried, ""
+                if why and why not in ("empty", "adds nothing") and continues and cfg.uniform_continuation:
+                    region = self.continuation(k, prev, ref)
+                    if region is not None:
+                        _note(kind="continued", slice=k, why=why)
+                        mask, why = region, ""
                 if why:
                     break
                 if until is not None and until(k, mask):
