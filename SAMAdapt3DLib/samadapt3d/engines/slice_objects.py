@@ -280,16 +280,16 @@ class SliceObjects:
 
     def continuation(self, k: int, prev: np.ndarray, ref: float) -> np.ndarray | None:
         """Where the model's mask has turned into another tissue: the object's own intensity on slice k near the
-        previous mask (within the box), never larger than it (a lung's base around the liver's dome, its apex);
-        None when too little of it is left."""
+        previous mask (within the box), never larger than it (else only its part inside the previous mask: a
+        lung's base around the liver's dome, its apex); None when too little of it is left."""
         img = self.e.slice_data(self.axis, k, self.cancel).image01
         region = region_near(img, prev, ref, self.cfg.homogeneity_tolerance)
         inside = self.inside_box()
         if inside is not None:
             region &= inside
-        if not self.cfg.min_area <= region.sum() <= self.cfg.end_taper * prev.sum():
-            return None
-        return region
+        if region.sum() > self.cfg.end_taper * prev.sum():
+            region &= prev  # never larger: what of the intensity the previous mask also holds
+        return region if region.sum() >= self.cfg.min_area else None
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
                   adds_to: np.ndarray | None = None, uniform: bool = False, until=None,
@@ -322,18 +322,24 @@ class SliceObjects:
                         lg, io = self.predict(k, [refit])
                         logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
                 why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
+                retried = region = None
                 # not inside a 3D box (measured: there it made corrective clicks cost up to 0.15 Dice)
                 if why and why != "adds nothing" and cfg.retry_stops and self.box is None:
                     retried = self.retry(k, prev, ref, box, within)
-                    if retried is not None and not self.stop_reason(k, retried[1], prev, retried[2], ref,
-                                                                      lenient, adds_to, uniform):
-                        _note(kind="retry", slice=k, why=why)
-                        (logits, mask, iou), why = retried, ""
+                    if retried is not None and self.stop_reason(k, retried[1], prev, retried[2], ref,
+                                                                lenient, adds_to, uniform):
+                        retried = None
                 if why and why not in ("empty", "adds nothing") and continues and cfg.uniform_continuation:
                     region = self.continuation(k, prev, ref)
-                    if region is not None:
-                        _note(kind="continued", slice=k, why=why)
-                        mask, why = region, ""
+                # the retry's mask is the model's inside the object's intensity: where it has lost most of that
+                # intensity (through many thin slices it would shrink slice by slice), the intensity goes on
+                if region is not None and (retried is None or
+                                           (retried[1] & region).sum() < cfg.uniform_inside * region.sum()):
+                    _note(kind="continued", slice=k, why=why)
+                    mask, why = region, ""
+                elif retried is not None:
+                    _note(kind="retry", slice=k, why=why)
+                    (logits, mask, iou), why = retried, ""
                 if why:
                     break
                 if until is not None and until(k, mask):
