@@ -203,7 +203,8 @@ class InteractiveSession:
             self._report(0.0, "preparing image")
             space = ModelSpace(volume, self.model.preset)
             self._report(0.5, "preparing model")
-            # the voxel size (mm, (D, H, W)) lets a slice engine default to the acquisition (largest-spacing) axis
+            # the voxel size (mm, (D, H, W)) lets a slice engine default to the acquisition axis
+            # (engines/slices.py `acquisition_axis`)
             spacing_dhw = tuple(float(v) for v in np.asarray(space.grid.spacing, dtype=np.float64)[::-1])
             self.engine.set_image(space.image, spacing=spacing_dhw)
             self.volume, self.space = volume, space

@@ -113,7 +113,7 @@ def _reoriented_copy(volume):
     """The same physical image stored differently: array axes permuted (k, j, i) -> (j, i, k) and the
     old k axis reversed; spacing, direction and origin changed to match. The slices across the old k
     axis keep their in-plane layout, so the model sees the same pixels; what changes is every index,
-    the array axis of the acquisition (largest spacing) and the handedness of the direction."""
+    the array axis of the acquisition (the 10 mm one) and the handedness of the direction."""
     from samadapt3d.volume import Volume
 
     a = volume.array
@@ -290,7 +290,7 @@ def test_session_slices_along_the_acquisition_axis_or_the_view_axis(model):
     from samadapt3d.session import InteractiveSession
     from samadapt3d.volume import Volume
 
-    # array [k, j, i] = 12 x 4 x 3 with the largest spacing along i (array axis 2): a thick-slice
+    # array [k, j, i] = 12 x 4 x 3 with the squarest plane across i (array axis 2, 5 mm apart): a thick-slice
     # acquisition along i; a soft-tissue block in air
     array = np.full((12, 4, 3), -1000.0, np.float32)
     array[2:10, 1:3, :] = 40.0
@@ -309,7 +309,7 @@ def test_session_slices_along_the_acquisition_axis_or_the_view_axis(model):
     embedded = session.engine.stats["embedded"]
     with pytest.raises(CancelledError):
         session.add_point((1, 2, 5))
-    assert session.engine.last_axis == 2  # no view: the largest-spacing axis
+    assert session.engine.last_axis == 2  # no view: the acquisition axis (squarest plane)
     with pytest.raises(CancelledError):
         session.add_point((1, 1, 6), view_axis=1)
     assert session.engine.last_axis == 1  # a click from the view normal to j slices along j

@@ -4,8 +4,9 @@ The engine (this file): the image, the slicing axis, the per-slice model calls a
 propagation strategy: engines/slice_objects.py (objects, propagation) and engines/slice_strategy.py (how clicks
 compose, negative cuts); its thresholds `SliceConfig` (engines/slice_config.py), the 2D helpers engines/slice_ops.py.
 
-Slicing axis: the axis of the view the latest click came from (`prompts.view_axis`), else the axis with the
-largest spacing (the acquisition axis; pass `spacing=` to `set_image`), else 0.
+Slicing axis: the axis of the view the latest click came from (`prompts.view_axis`), else the acquisition axis
+(`acquisition_axis`: the axis whose slices have square pixels, the thickest of those; pass `spacing=` to
+`set_image`), else 0.
 
 Per-slice image embeddings come from engines/embedding_cache.py (an LRU bounded in bytes, keyed by the slice's
 content, optionally backed by an on-disk store), so later clicks are fast, also after `set_image` with the same
@@ -32,6 +33,22 @@ from .slice_strategy import SliceStrategy
 
 
 _SliceData = SliceData  # the per-slice record (embedding, transform, image01), defined with the cache
+
+
+#: two spacings within this relative difference count as equal (square pixels, equally thick slices)
+SAME_SPACING = 0.01
+
+
+def acquisition_axis(spacing) -> int:
+    """The axis a scan was acquired along, from its voxel size (mm, per array axis): the axis whose slices have the
+    squarest pixels (a scanner's plane), the thickest of those when several are as square (10 mm CT slices of
+    3 mm pixels, 1 mm slices of 3 mm pixels, 0.6 mm slices of 0.8 mm pixels: all axial), then the first. The
+    largest spacing alone would slice a CT with slices thinner than its pixels along a coronal plane."""
+    spacing = [float(v) for v in spacing]
+    skew = [abs(np.log(spacing[b] / spacing[c])) for b, c in ((1, 2), (0, 2), (0, 1))]
+    square = [a for a in range(3) if skew[a] <= min(skew) + SAME_SPACING]
+    thickest = max(spacing[a] for a in square)
+    return next(a for a in square if spacing[a] >= thickest * (1 - SAME_SPACING))
 
 
 class SliceEngine:
@@ -63,7 +80,7 @@ class SliceEngine:
     # ---- Engine protocol -----------------------------------------------------------------------
     def set_image(self, image: np.ndarray, spacing=None) -> None:
         """Model-space image [D, H, W] (preset-normalised). `spacing` (optional keyword): voxel size in
-        mm along (D, H, W); it only picks the default slicing axis (the largest spacing)."""
+        mm along (D, H, W); it only picks the default slicing axis (`acquisition_axis`)."""
         image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise InputError(f"SliceEngine needs a 3D image [D, H, W], got shape {image.shape}")
@@ -129,9 +146,7 @@ class SliceEngine:
         return self.stats["embedded"] - before
 
     def default_axis(self) -> int:
-        if self.spacing is None:
-            return 0
-        return int(np.argmax(self.spacing))
+        return 0 if self.spacing is None else acquisition_axis(self.spacing)
 
     @torch.no_grad()
     def run(self, prompts: ModelPrompts, seed: np.ndarray | None = None,
