@@ -4,6 +4,10 @@ similar intensity around a click, or near the previous slice's mask, as a box th
 Images are a slice min-max normalised to [0, 1] (`SliceData.image01`); masks are 2D bool arrays."""
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+
 import numpy as np
 
 from .prompts import label_components
@@ -15,11 +19,31 @@ MEDIAN_RADIUS = 1
 CLOSING_RADIUS = 2
 
 
+#: smoothed slices kept (a click's walk asks for the same slice's several times: stops, retries, continuation)
+SMOOTHED_MEMO = 64
+_smoothed_memo: OrderedDict[int, tuple[weakref.ref, np.ndarray]] = OrderedDict()
+_smoothed_lock = threading.Lock()
+
+
 def smoothed(img01: np.ndarray) -> np.ndarray:
+    """The slice after a 3 x 3 median (read-only; the cache's slices are never modified, so it is kept for each
+    slice array while that array lives)."""
+    key = id(img01)
+    with _smoothed_lock:
+        hit = _smoothed_memo.get(key)
+        if hit is not None and hit[0]() is img01:
+            _smoothed_memo.move_to_end(key)
+            return hit[1]
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(img01, np.float32))
-    return sitk.GetArrayFromImage(sitk.Median(image, [MEDIAN_RADIUS] * 2))
+    out = sitk.GetArrayFromImage(sitk.Median(image, [MEDIAN_RADIUS] * 2))
+    out.flags.writeable = False
+    with _smoothed_lock:
+        _smoothed_memo[key] = (weakref.ref(img01), out)
+        while len(_smoothed_memo) > SMOOTHED_MEMO:
+            _smoothed_memo.popitem(last=False)
+    return out
 
 
 def level_at(img01: np.ndarray, r: int, c: int, radius: int) -> float:

@@ -1,0 +1,29 @@
+"""The slice engine's 2D mask helpers against their definitions."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from samadapt3d.engines.slice_ops import dilate, erode
+
+
+def _window_any(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The definition: a pixel is set when any pixel within `radius` (Chebyshev) of it is, inside the slice."""
+    h, w = mask.shape
+    return np.array([[mask[max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1].any()
+                      for j in range(w)] for i in range(h)], dtype=bool).reshape(h, w)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask=arrays(bool, st.tuples(st.integers(1, 24), st.integers(1, 24))), radius=st.integers(0, 30))
+def test_dilate_and_erode_are_the_square_window(mask, radius):
+    assert np.array_equal(dilate(mask, radius), _window_any(mask, radius))
+    # erosion: the complement's dilation; pixels beyond the border count as outside the complement too
+    assert np.array_equal(erode(mask, radius), ~_window_any(~mask, radius))
+
+
+def test_dilate_leaves_its_input_alone():
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    out = dilate(mask, 1)
+    assert out.sum() == 9 and mask.sum() == 1
