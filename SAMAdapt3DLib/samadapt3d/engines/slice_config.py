@@ -28,9 +28,8 @@ class SliceConfig:
     click_rounds: int = 4
     #: pixels whose intensity is within this of the click's count as "homogeneous" in the candidate score
     homogeneity_tolerance: float = 0.1
-    #: a click's intensity level: the median of the pixels within this radius (mm; without a voxel size a pixel
-    #: counts as 1 mm) of it (a vessel reads its organ: 2 px on the 3 mm pixels of the slicerio CT)
-    level_radius_mm: float = 6.0
+    #: a click's intensity level: the median of the pixels within this radius (px) of it (a vessel reads its organ)
+    level_radius: int = 2
     #: a click's candidates include the box of the similar-intensity region around it (below)
     region_candidate: bool = True
     #: the similar-intensity region around a click is split at necks narrower than 2 x this fraction of the slice's

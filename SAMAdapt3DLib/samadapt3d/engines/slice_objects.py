@@ -69,9 +69,6 @@ class SliceObjects:
         self.plane = tuple(s for a, s in enumerate(shape) if a != axis)
         self.order = [axis] + [a for a in range(3) if a != axis]
         self.shape = (self.n, *self.plane)
-        spacing = strategy.engine.spacing
-        pixel_mm = 1.0 if spacing is None else min(s for a, s in enumerate(spacing) if a != axis)
-        self.level_radius = max(1, int(round(self.cfg.level_radius_mm / pixel_mm)))
         self.box = None
         if prompts.box is not None:
             lo, hi = (click_voxels(np.asarray(c)[self.order][None], self.shape)[0] for c in prompts.box)
@@ -254,7 +251,7 @@ class SliceObjects:
     def click_region(self, img01: np.ndarray, r: int, c: int) -> np.ndarray:
         """The click's similar-intensity region on its slice (engines/slice_region.py)."""
         cfg = self.cfg
-        level = level_at(img01, r, c, self.level_radius)
+        level = level_at(img01, r, c, cfg.level_radius)
         return similar_region(img01, r, c, level, cfg.homogeneity_tolerance,
                               int(round(cfg.region_neck * max(self.plane))))
 
