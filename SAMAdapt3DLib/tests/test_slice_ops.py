@@ -27,3 +27,23 @@ def test_dilate_leaves_its_input_alone():
     mask[2, 2] = True
     out = dilate(mask, 1)
     assert out.sum() == 9 and mask.sum() == 1
+
+
+def test_a_slices_median_is_its_own_even_when_arrays_come_and_go():
+    """The 3 x 3 median is kept per slice array: a new array (possibly at a freed array's address) gets its own."""
+    import SimpleITK as sitk
+
+    from samadapt3d.engines.slice_region import smoothed
+
+    def direct(img):
+        return sitk.GetArrayFromImage(sitk.Median(sitk.GetImageFromArray(img.astype(np.float32)), [1, 1]))
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        img = rng.random((16, 16)).astype(np.float32)
+        first = smoothed(img)
+        assert np.array_equal(first, direct(img)) and smoothed(img) is first
+        del img, first  # the next array may reuse this one's id
+    keep = rng.random((16, 16)).astype(np.float32)
+    assert np.array_equal(smoothed(keep), direct(keep))
+    assert not smoothed(keep).flags.writeable  # shared: callers cannot change it for the next one
