@@ -225,3 +225,32 @@ def test_cost_per_click_is_bounded_and_n_negatives_cost_o_n(volume):
     repeat_before = model.decode_calls
     run(engine, clicks)  # the same prompts again: the fold is reused, nothing decoded
     assert model.decode_calls == repeat_before
+
+
+def _domed_volume() -> np.ndarray:
+    """A uniform object A (1.0) on slices 1-6 whose last two slices are mostly taken by another tissue D (3.5):
+    there A is a 4-px crescent beside D, as a lung's base is beside the liver's dome."""
+    v = np.zeros((8, 40, 40), np.float32)
+    v[1:7, 4:18, 4:18] = 1.0
+    v[5:7, 4:18, 4:14] = 3.5
+    return v
+
+
+@pytest.mark.parametrize("continuation", [True, False])
+def test_a_uniform_object_goes_on_by_its_own_intensity_where_the_model_turns_to_another_tissue(continuation):
+    """Inside a box over A, the toy model gives D on slices 5-6 (D fills most of the box there). With the uniform
+    continuation, A's crescent is kept there and D is not taken; without it, the walk stops at slice 5."""
+    import dataclasses
+
+    volume = _domed_volume()
+    engine = make_engine(volume)
+    engine.config = dataclasses.replace(engine.config, uniform_continuation=continuation)
+    box = (np.array([1.0, 4.0, 4.0]), np.array([6.0, 17.0, 17.0]))
+    mask = run(engine, [], box=box)
+    assert mask[1:5][volume[1:5] == 1.0].mean() > 0.9
+    assert mask[volume == 3.5].mean() < 0.02  # not the other tissue (a corner pixel of the smoothing at most)
+    crescent = volume[5:7] == 1.0
+    if continuation:
+        assert mask[5:7][crescent].mean() > 0.9
+    else:
+        assert not mask[5:7].any()
