@@ -50,6 +50,9 @@ class SliceConfig:
     #: similar-intensity region overlapping the previous mask (without a 3D box only: inside one it made corrective
     #: clicks of the CVPR 2025 protocol lower Dice by up to 0.15)
     retry_stops: bool = True
+    #: a negative's "unlike part" (another tissue taken into the mask) may be up to this fraction of the mask's
+    #: component on its slice (a box's mask may be mostly the muscle around a vertebra); more: the object itself
+    unlike_max_share: float = 0.75
     #: a negative click's object: the smallest candidate scoring at least this fraction of the best one
     negative_score_ratio: float = 0.5
     #: a negative's object covering at least this fraction of the mask's component is the same object

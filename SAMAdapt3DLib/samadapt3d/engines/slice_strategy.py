@@ -372,7 +372,7 @@ class _Walk(SliceObjects):
             im = self.e.slice_data(self.axis, kk, self.cancel).image01
             return mask[kk] & (np.abs(im - neg) < np.abs(im - fg))
         region = component_at(like(k), (r, c))
-        if region.sum() >= cfg.same_object * comp.sum():
+        if region.sum() >= cfg.unlike_max_share * comp.sum():
             return None
         return region, like
 
