@@ -358,7 +358,7 @@ class _Walk(SliceObjects):
                     comp: np.ndarray) -> tuple[np.ndarray, Callable[[int], np.ndarray]] | None:
         """The pixels of the component whose intensity is nearer to the negative's than to the rest's, connected to
         the click, and the test of that likeness for any slice's mask; None when the component is homogeneous or
-        that part is most of it."""
+        that part is more than `unlike_max_share` of it (then it is the object itself)."""
         cfg = self.cfg
         img = self.e.slice_data(self.axis, k, self.cancel).image01
         near = comp[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2]
