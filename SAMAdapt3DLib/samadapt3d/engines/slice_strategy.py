@@ -114,10 +114,13 @@ class SliceStrategy:
             positive, voxel = clicks[n]
             (walk.add if positive else walk.remove)(fold, voxel)
             fold.key = keys[n + 1]
-        self._last = fold.copy()
+        # kept as is (the next run copies it before any change): the caller gets a read-only view, not a copy
+        self._last = fold
         if progress is not None:
             progress(1.0, "done")
-        return fold.prob
+        prob = fold.prob.view()
+        prob.flags.writeable = False
+        return prob
 
 
 class _Walk(SliceObjects):
@@ -257,7 +260,8 @@ class _Walk(SliceObjects):
                 rr, cc = np.nonzero(comp)
                 drop = nearer_to_negative(np.stack([rr, cc], 1), neg[1:], pos)
                 mask[neg[0], rr[drop], cc[drop]] = False
-        np.maximum(fold.prob, np.where(mask, found, 0.0).astype(np.float32), out=fold.prob)
+        found[~mask] = 0.0  # in place: a volume-sized float64 temporary would double a click's peak memory
+        np.maximum(fold.prob, found, out=fold.prob)
         fold.prob[voxel] = INSIDE
         fold.evidence[voxel] = True
 
