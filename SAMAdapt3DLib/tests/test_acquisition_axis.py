@@ -1,6 +1,5 @@
 """The slice engine's default slicing axis: the axis a scan was acquired along, from the voxel size alone."""
 import pytest
-
 from samadapt3d.engines.slices import acquisition_axis
 
 

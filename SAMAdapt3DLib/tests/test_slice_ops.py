@@ -3,7 +3,6 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from samadapt3d.engines.slice_ops import dilate, erode
 
 
@@ -32,7 +31,6 @@ def test_dilate_leaves_its_input_alone():
 def test_a_slices_median_is_its_own_even_when_arrays_come_and_go():
     """The 3 x 3 median is kept per slice array: a new array (possibly at a freed array's address) gets its own."""
     import SimpleITK as sitk
-
     from samadapt3d.engines.slice_region import smoothed
 
     def direct(img):
