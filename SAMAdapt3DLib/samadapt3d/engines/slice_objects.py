@@ -271,7 +271,7 @@ class SliceObjects:
     def is_uniform_mask(self, k: int, mask: np.ndarray) -> bool:
         """The mask is the similar-intensity region it lies in, within the box (an organ of uniform intensity: a
         box's lung)."""
-        if not self.cfg.uniform_continuation or not mask.any():
+        if not mask.any():
             return False
         img = self.e.slice_data(self.axis, k, self.cancel).image01
         region = similar_filled(img, mask, float(np.median(img[mask])), self.cfg.homogeneity_tolerance)
