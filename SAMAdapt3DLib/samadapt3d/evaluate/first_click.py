@@ -138,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-cache", default=None, help="development: a folder keeping decoder outputs across runs")
     args = p.parse_args(argv)
 
-    volume, truth = load_demo_case()
     if args.resample:
         from ..runtime.bench_litemedsam import clinical_volume
 
         depth, side = (int(v) for v in args.resample.split(","))
-        volume, truth, _ = clinical_volume(depth, side)
+        volume, truth, _ = clinical_volume(depth, side)  # it loads the demo case itself
+    else:
+        volume, truth = load_demo_case()
     if args.reoriented:
         reference = InteractiveSession(load_model(args.model))
         reference.set_image(volume)
