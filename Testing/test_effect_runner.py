@@ -163,3 +163,32 @@ def test_a_refused_request_is_not_a_lost_server():
     finally:
         runner.shutdown()
     assert outcome.error and not outcome.server_lost
+
+
+class PreviewingRecordingSession(RecordingSession):
+    """Shows two previews (the runner sets `preview`) before each click's answer."""
+
+    preview = None
+
+    def add_point(self, point, positive=True, space="ras", view_axis=None):
+        for n in (1, 2):
+            self.preview(np.full((2, 2, 2), n == 2))
+        return super().add_point(point, positive, space, view_axis)
+
+
+def test_previews_come_before_the_result_and_only_the_newest_waits():
+    session = PreviewingRecordingSession()
+    session.gate.set()
+    runner = PromptRunner(lambda: session, prepare=False)
+    try:
+        runner.submit(Job("image", 1, volume=object()))
+        runner.submit(Job("point", 1, point=(1, 2, 3)))
+        start = time.monotonic()
+        while runner.busy:  # nothing polled meanwhile: both previews wait, the newest replaces the first
+            assert time.monotonic() - start < 10
+            time.sleep(0.005)
+        outcomes = runner.poll()
+        assert [(o.job.kind, o.preview) for o in outcomes] == [("image", False), ("point", True), ("point", False)]
+        assert outcomes[1].mask.all() and outcomes[2].error is None
+    finally:
+        runner.shutdown()

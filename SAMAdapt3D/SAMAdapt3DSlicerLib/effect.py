@@ -10,6 +10,7 @@ Mouse (slice views, while the effect is active):
   drag             a box on that slice (replaces the box)
 Points and the box are markups (green / red points, a yellow ROI): move them or delete them like any markup and the
 segment follows. "3D box" places the ROI as a 3D box (draw it, then drag its handles in any view).
+While a click runs, its mask so far is shown in a scratch preview node (effect_preview.py), not in the segment.
 Every result is written with saveStateForUndo() + modifySelectedSegmentByLabelmap(Set): the editor's masking,
 intensity range and overwrite settings apply, and Ctrl+Z undoes it. When the segment changes outside the effect
 (Ctrl+Z, another effect), the prompts are cleared and the next prompt refines the segment as it is then.
@@ -24,6 +25,7 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SAMAdapt3DSlicerLib import effect_markups as markups
+from SAMAdapt3DSlicerLib import effect_preview
 from SAMAdapt3DSlicerLib import effect_prompts as prompts
 from SAMAdapt3DSlicerLib import effect_session
 from SAMAdapt3DSlicerLib.effect_runner import PROMPT_KINDS, Job, PromptRunner
@@ -46,6 +48,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.runner = None
         self._runnerChoice = None
+        self.preview = effect_preview.SegmentPreview()
         self.generation = 0
         self.nodes = {}  # "positive" | "negative" | "box" -> markups node
         self._node_tags = []
@@ -182,6 +185,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.runner = None
         self.observeSegmentation(None)
         self.removePromptNodes()
+        self.preview.clear()
         self._context = None
         if getattr(self, "_scene_tag", None) is not None:
             slicer.mrmlScene.RemoveObserver(self._scene_tag)
@@ -190,6 +194,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def onSceneStartClose(self, caller=None, event=None):
         if self.runner is not None:
             self.runner.cancel()
+        self.preview.clear()
         self._press = None
         self._context = None
         self.generation += 1  # results still on their way belong to the closed scene
@@ -489,6 +494,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onOutcome(self, outcome):
         job = outcome.job
+        if outcome.preview:
+            self.onPreview(outcome)
+            return
+        self.preview.clear()  # the job is over: its result (or nothing, on a cancel or an error) replaces it
         if job.generation != self.generation:
             return
         if outcome.error:
@@ -510,6 +519,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return  # a newer prompt is on its way; its result will include this one
         self.writeMask(outcome.mask)
         self.setStatus(f"Updated in {outcome.seconds:.1f} s.")
+
+    def onPreview(self, outcome):
+        """The running click's mask so far, shown in the preview node (never written to the segment)."""
+        job = outcome.job
+        if job.generation != self.generation or job.number != self.runner.last_number:
+            return  # a newer prompt is on its way
+        _, segmentation, segment_id = self.editorNodes()
+        source = self.scriptedEffect.sourceVolumeImageData()
+        segment = None if segmentation is None else segmentation.GetSegmentation().GetSegment(segment_id)
+        if source is None or segment is None:
+            return
+        try:
+            self.preview.show(outcome.mask, source, segmentation, segment.GetColor())
+        except (RuntimeError, ValueError) as exc:  # a preview that cannot be shown is not worth stopping the run for
+            self.setStatus(f"Segmenting… (no preview: {exc})")
+            return
+        self.setStatus(f"Segmenting… preview after {outcome.seconds:.1f} s ({int(outcome.mask.sum())} voxels so far)")
 
     def writeMask(self, mask):
         """The only write: Slicer's undo state, then the selected segment set from the mask (masking and

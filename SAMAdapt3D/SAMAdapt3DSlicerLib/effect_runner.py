@@ -2,6 +2,9 @@
 server process; or anything with InteractiveSession's API); the main thread polls the outcomes with a QTimer and
 writes them through the Segment Editor. Qt-free, so it is tested headless.
 
+While a prompt job runs, the session's previews (its mask so far) come as outcomes marked `preview`; the newest
+replaces any not yet polled, and the job's own outcome follows.
+
 Jobs run in submission order because the session is incremental (a click is `add_point`, with the view it came
 from). When several prompt jobs wait behind a running one, they are collapsed into one `rebuild` of the newest
 prompts (a single model run): the user sees the latest state sooner, and nothing is lost because a rebuild
@@ -47,6 +50,8 @@ class Outcome:
     seconds: float = 0.0
     #: the server could not be reached (and its launcher could not bring it back): this session is gone
     server_lost: bool = False
+    #: the job's mask so far (the session's preview while it runs); its final outcome comes later
+    preview: bool = False
 
 
 class PromptRunner:
@@ -57,6 +62,7 @@ class PromptRunner:
         self._pending: list[Job] = []
         self._outcomes: list[Outcome] = []
         self._running: Job | None = None
+        self._started = 0.0  # when the running job started (monotonic)
         self._numbers = 0
         self._condition = threading.Condition()
         self._stop = False
@@ -133,10 +139,11 @@ class PromptRunner:
     def _run(self, job: Job) -> Outcome:
         from samadapt3d.errors import CancelledError, SAMAdapt3DError
 
-        start = time.monotonic()
+        start = self._started = time.monotonic()
         try:
             if self.session is None:
                 self.session = self._open_session()
+                self.session.preview = self._show_preview
             mask = self._apply(job)
         except CancelledError:
             return Outcome(job, cancelled=True, seconds=time.monotonic() - start)
@@ -148,6 +155,15 @@ class PromptRunner:
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory in the server: Slicer must stay usable
             return Outcome(job, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - start)
         return Outcome(job, mask=mask, seconds=time.monotonic() - start)
+
+    def _show_preview(self, mask) -> None:
+        """The session's preview of the running prompt job (worker thread): only the newest waits to be shown."""
+        with self._condition:
+            job = self._running
+            if job is None or job.kind not in PROMPT_KINDS:
+                return
+            self._outcomes = [o for o in self._outcomes if not (o.preview and o.job.number == job.number)]
+            self._outcomes.append(Outcome(job, mask=mask, preview=True, seconds=time.monotonic() - self._started))
 
     def _apply(self, job: Job):
         session = self.session

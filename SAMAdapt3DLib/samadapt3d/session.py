@@ -15,12 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .engines.base import ModelPrompts, Preparable, Prefetching
+from .engines.base import ModelPrompts, Preparable, Prefetching, Previewing
 from .errors import CancelledError, InputError
 from .preprocess import ModelSpace
 from .volume import Volume
 
 ProgressCallback = Callable[[float, str], None]
+#: preview(the mask so far, bool [k, j, i], read-only) while a prompt's run is under way
+PreviewCallback = Callable[[np.ndarray], None]
 POINT_KINDS = ("positive", "negative")
 
 
@@ -173,9 +175,13 @@ class InteractiveSession:
     model and returns the new mask; a failure or a cancel leaves the session as it was.
     """
 
-    def __init__(self, model, progress: ProgressCallback | None = None, engine=None, max_undo: int = 32) -> None:
+    def __init__(self, model, progress: ProgressCallback | None = None, engine=None, max_undo: int = 32,
+                 preview: PreviewCallback | None = None) -> None:
+        """`preview`: called with the mask so far while a prompt runs, when the engine can show one (`Previewing`:
+        the slice engine, at most every couple of seconds); the call's return value stays the result."""
         self.model = model
         self.progress = progress
+        self.preview = preview
         self.engine = engine if engine is not None else make_engine(model)
         self.max_undo = int(max_undo)
         self.volume: Volume | None = None
@@ -425,7 +431,19 @@ class InteractiveSession:
                 raise CancelledError("segmentation cancelled")
             self._report(0.05 + 0.85 * float(fraction), message)
 
-        prob_model = self.engine.run(model_prompts, model_seed, engine_progress, cancel)
+        preview = self.preview
+        if preview is not None and isinstance(self.engine, Previewing):
+            def engine_preview(mask_model: np.ndarray) -> None:
+                if cancel.is_set():
+                    raise CancelledError("segmentation cancelled")
+                shown = space.from_model(mask_model, linear=True) > 0.5
+                shown.setflags(write=False)
+                preview(shown)
+
+            prob_model = self.engine.run_previewing(model_prompts, model_seed, engine_progress, cancel,
+                                                    engine_preview)
+        else:
+            prob_model = self.engine.run(model_prompts, model_seed, engine_progress, cancel)
         if cancel.is_set():
             raise CancelledError("segmentation cancelled")
         self._report(0.9, "mapping the result back to the image")

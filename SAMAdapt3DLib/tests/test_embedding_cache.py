@@ -291,7 +291,7 @@ def test_engine_prefetch_pauses_for_a_run_and_restarts_from_the_click():
     engine.set_image(_numbered(40))
     seen = {}
 
-    def run(axis, prompts, seed, progress, cancel):  # the strategy, replaced: what the run sees
+    def run(axis, prompts, seed, progress, cancel, preview=None):  # the strategy, replaced: what the run sees
         seen["prefetching"] = engine.embeddings.prefetching()
         count = len(model.order)
         time.sleep(0.15)

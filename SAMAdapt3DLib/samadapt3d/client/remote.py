@@ -21,7 +21,8 @@ from . import wire
 from .transport import ServerError
 
 ProgressCallback = Callable[[float, str], None]
-#: how often a running call's progress is asked for (only when a progress callback is set)
+PreviewCallback = Callable[[np.ndarray], None]
+#: how often a running call's progress is asked for (only when a progress or preview callback is set)
 PROGRESS_POLL_S = 0.1
 #: server error kinds after which the session is rebuilt and the call made once more
 _REBUILD_KINDS = ("UnknownSession", "SessionExpired")
@@ -42,9 +43,13 @@ def _as_seed(mask) -> np.ndarray:
 class RemoteSession:
     """A drop-in for InteractiveSession whose model runs on a `samadapt3d serve` server (see ServerClient)."""
 
-    def __init__(self, client, model_id: str, max_undo: int = 32, progress: ProgressCallback | None = None) -> None:
+    def __init__(self, client, model_id: str, max_undo: int = 32, progress: ProgressCallback | None = None,
+                 preview: PreviewCallback | None = None) -> None:
+        """`progress` and `preview` as InteractiveSession's (`preview` gets the server's previews of a running
+        call: the mask so far, bool [k, j, i], read-only)."""
         self.client, self.model_id, self.max_undo = client, model_id, int(max_undo)
         self.progress = progress
+        self.preview = preview
         self.volume: Volume | None = None
         self._image_id: str | None = None
         self._mask: np.ndarray | None = None
@@ -248,20 +253,23 @@ class RemoteSession:
         return answer.get("result")
 
     def _post(self, path: str, body: dict) -> dict:
-        if self.progress is None:
+        if self.progress is None and self.preview is None:
             return self.client.call("POST", path, body, compute=True)
         if self._poller is None:
             self._poller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samadapt3d-client")
         future = self._poller.submit(self.client.call, "POST", path, body, False, True)
         seen = -1
+        # previews numbered up to this one are from earlier calls
+        shown = None
         try:
             while True:
                 try:
                     answer = future.result(timeout=PROGRESS_POLL_S)
                     break
                 except FutureTimeout:
-                    seen = self._report_progress(seen)
-            self._report_progress(seen)
+                    seen, shown = self._report_progress(seen, shown)
+            if self.progress is not None:
+                self._report_progress(seen, None)
             return answer
         except BaseException:
             if not future.done():  # the callback raised (e.g. the user's cancel): stop the server's run too
@@ -269,14 +277,35 @@ class RemoteSession:
                 future.exception()
             raise
 
-    def _report_progress(self, seen: int) -> int:
+    def _report_progress(self, seen: int, shown: int | None) -> tuple[int, int | None]:
+        """Ask for the running call's progress; report what is new. `shown`: the number of the last preview
+        reported (None: take the server's current number as seen, it belongs to an earlier call), or None
+        after the call has ended."""
         try:
             state = self.client.call("GET", f"/sessions/{self.session_id}/progress", idempotent=True)
         except ServerError:
-            return seen
-        if state["seq"] != seen and state["seq"] > 0:
+            return seen, shown
+        if self.progress is not None and state["seq"] != seen and state["seq"] > 0:
             self.progress(float(state["fraction"]), str(state["message"]))
-        return state["seq"]
+        number = int(state.get("preview", 0))
+        if shown is None:
+            return state["seq"], number
+        if self.preview is not None and number != shown:
+            self._report_preview()
+        return state["seq"], number
+
+    def _report_preview(self) -> None:
+        try:
+            got = self.client.call("GET", f"/sessions/{self.session_id}/preview?base={self._version}",
+                                   idempotent=True)
+        except ServerError:
+            return
+        if got.get("delta") is None:
+            return  # the call it belonged to has ended
+        shape = tuple(self.volume.array.shape)
+        delta = wire.MaskDelta.from_json(got["delta"], int(np.prod(shape)))
+        base = self._mask if got.get("base") is not None and got["base"] == self._version else None
+        self.preview(delta.apply(None if delta.reset else base, shape))
 
     def _apply(self, answer: dict, shape, sent_seed) -> None:
         if not answer.get("image"):

@@ -90,10 +90,10 @@ class ServerClient:
                 "direction": np.asarray(volume.direction, dtype=np.float64).tolist()}
 
     # ---- sessions -------------------------------------------------------------------------------
-    def open_session(self, model_id: str, max_undo: int = 32, progress=None) -> "RemoteSession":
+    def open_session(self, model_id: str, max_undo: int = 32, progress=None, preview=None) -> "RemoteSession":
         from .remote import RemoteSession
 
-        return RemoteSession(self, model_id, max_undo=max_undo, progress=progress)
+        return RemoteSession(self, model_id, max_undo=max_undo, progress=progress, preview=preview)
 
     def create_session(self, model_id: str, max_undo: int = 32) -> str:
         """A new server session (id); a model this client loaded before a server restart is loaded again."""

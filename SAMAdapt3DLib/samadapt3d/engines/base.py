@@ -9,6 +9,8 @@ import numpy as np
 
 #: progress(fraction in [0, 1], message)
 ProgressCallback = Callable[[float, str], None]
+#: preview(the mask so far): bool, the run's array axes; a new array the receiver may keep
+PreviewCallback = Callable[[np.ndarray], None]
 
 
 def _points(values) -> np.ndarray:
@@ -87,3 +89,19 @@ class Prefetching(Protocol):
 
     def prefetch(self, axis: int | None = None, centre: int | None = None) -> None:
         """Start the background work (returns at once); a later set_image stops it."""
+
+
+@runtime_checkable
+class Previewing(Protocol):
+    """An engine that can show its result while it is still being built (a slice engine walking slice by slice:
+    on a 300-slice CT a first click takes minutes on a CPU, and the part around the click is ready in seconds)."""
+
+    def run_previewing(
+        self,
+        prompts: ModelPrompts,
+        seed: np.ndarray | None,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        preview: PreviewCallback | None,
+    ) -> np.ndarray:
+        """`run`, calling `preview(mask so far)` (bool [D, H, W]) now and then while it works."""

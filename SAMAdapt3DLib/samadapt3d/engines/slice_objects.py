@@ -27,7 +27,8 @@ All arrays here are "slicing-axis first": [slices, rows, cols].
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -74,6 +75,14 @@ class SliceObjects:
             lo, hi = (click_voxels(np.asarray(c)[self.order][None], self.shape)[0] for c in prompts.box)
             self.box = (tuple(int(v) for v in lo), tuple(int(v) for v in hi))
         self.done = 0
+        #: the positive object being propagated (slice -> probability or mask), shown by `preview`
+        self.growing: SliceObject | None = None
+        #: preview(mask so far, bool [slices, rows, cols]) while positive objects propagate, at most every
+        #: `preview_every_s` seconds; `preview_base()` is the mask the object adds to (SliceStrategy sets both)
+        self.preview: Callable[[np.ndarray], None] | None = None
+        self.preview_base: Callable[[], np.ndarray] | None = None
+        self.preview_every_s = strategy.engine.preview_every_s
+        self._shown_at = time.monotonic()
 
     # ---- small helpers -----------------------------------------------------------------------
     def voxel(self, point) -> tuple[int, int, int]:
@@ -85,6 +94,17 @@ class SliceObjects:
         self.done += 1
         if self.progress is not None:
             self.progress(min(self.done / max(self.n, 1), 0.99), message)
+        if self.preview is not None and self.growing is not None and \
+                time.monotonic() - self._shown_at >= self.preview_every_s:
+            self.show_preview()
+
+    def show_preview(self) -> None:
+        """The mask so far: what the growing object adds to the base (a new array the receiver may keep)."""
+        shown = self.preview_base() if self.preview_base is not None else np.zeros(self.shape, bool)
+        for k, p in self.growing.items():
+            shown[k] |= p if p.dtype == np.bool_ else p > 0.5
+        self.preview(shown)
+        self._shown_at = time.monotonic()
 
     def plane_box(self) -> Box | None:
         if self.box is None:
@@ -300,57 +320,74 @@ class SliceObjects:
         its intensity. `until(k, mask)`: True stops the walk before slice k (a correction's own end rule). An
         object that `continues` goes on by its own intensity where the model's mask has become another tissue
         (`continuation`)."""
-        cfg = self.cfg
         if not mask0.any():
             return
         ref = float(np.median(self.e.slice_data(self.axis, k0, self.cancel).image01[mask0]))
+        # both ways in turn, a slice each: what is shown while the walk goes on (`preview`) grows around the click
+        walks = [self._walk(obj, k0, mask0, step, ref, masks_only, adds_to, uniform, until, continues)
+                 for step in (+1, -1)]
+        before = self.growing
+        if not masks_only:
+            self.growing = obj
+        try:
+            while walks:
+                for walk in list(walks):
+                    if next(walk, None) is None:
+                        walks.remove(walk)
+        finally:
+            self.growing = before
+
+    def _walk(self, obj: dict, k0: int, mask0: np.ndarray, step: int, ref: float, masks_only: bool,
+              adds_to: np.ndarray | None, uniform: bool, until, continues: bool):
+        """One direction of `propagate`, a slice per step (yields True after each slice it keeps)."""
+        cfg = self.cfg
         within = self.plane_box()
         lenient = self.box is not None and cfg.box_keeps_walking
-        for step in (+1, -1):
-            prev, k = mask0, k0 + step
-            why = "end"
-            while self.in_range(k) and prev.sum() >= cfg.min_area:
-                self.tick(f"slice {k}")
-                box = grow_box(bbox_2d(prev), cfg.box_margin, self.plane, within)
-                logits, iou = self.predict(k, [box])
-                logits, iou = logits[0], float(iou[0])
-                mask = logits > 0
-                fit = bbox_2d(mask)
-                if fit is not None and (fit[0] <= box[0] or fit[1] <= box[1] or fit[2] >= box[2] or fit[3] >= box[3]):
-                    refit = grow_box(fit, cfg.box_margin, self.plane, within)
-                    if refit != box:
-                        lg, io = self.predict(k, [refit])
-                        logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
-                why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
-                retried = region = None
-                # not inside a 3D box (measured: there it made corrective clicks cost up to 0.15 Dice)
-                if why and why != "adds nothing" and cfg.retry_stops and self.box is None:
-                    retried = self.retry(k, prev, ref, box, within)
-                    if retried is not None and self.stop_reason(k, retried[1], prev, retried[2], ref,
-                                                                lenient, adds_to, uniform):
-                        retried = None
-                if why and why not in ("empty", "adds nothing") and continues and cfg.uniform_continuation:
-                    region = self.continuation(k, prev, ref)
-                # the retry's mask is the model's inside the object's intensity: where it has lost most of that
-                # intensity (through many thin slices it would shrink slice by slice), the intensity goes on
-                if region is not None and (retried is None or
-                                           (retried[1] & region).sum() < cfg.uniform_inside * region.sum()):
-                    _note(kind="continued", slice=k, why=why)
-                    mask, why = region, ""
-                elif retried is not None:
-                    _note(kind="retry", slice=k, why=why)
-                    (logits, mask, iou), why = retried, ""
-                if why:
-                    break
-                if until is not None and until(k, mask):
-                    why = "correction ends"
-                    break
-                if masks_only:
-                    obj[k] = mask
-                else:
-                    self.keep(obj, k, logits, mask)
-                prev, k = mask, k + step
-            _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
+        prev, k = mask0, k0 + step
+        why = "end"
+        while self.in_range(k) and prev.sum() >= cfg.min_area:
+            self.tick(f"slice {k}")
+            box = grow_box(bbox_2d(prev), cfg.box_margin, self.plane, within)
+            logits, iou = self.predict(k, [box])
+            logits, iou = logits[0], float(iou[0])
+            mask = logits > 0
+            fit = bbox_2d(mask)
+            if fit is not None and (fit[0] <= box[0] or fit[1] <= box[1] or fit[2] >= box[2] or fit[3] >= box[3]):
+                refit = grow_box(fit, cfg.box_margin, self.plane, within)
+                if refit != box:
+                    lg, io = self.predict(k, [refit])
+                    logits, iou, mask = lg[0], float(io[0]), lg[0] > 0
+            why = self.stop_reason(k, mask, prev, iou, ref, lenient, adds_to, uniform)
+            retried = region = None
+            # not inside a 3D box (measured: there it made corrective clicks cost up to 0.15 Dice)
+            if why and why != "adds nothing" and cfg.retry_stops and self.box is None:
+                retried = self.retry(k, prev, ref, box, within)
+                if retried is not None and self.stop_reason(k, retried[1], prev, retried[2], ref,
+                                                            lenient, adds_to, uniform):
+                    retried = None
+            if why and why not in ("empty", "adds nothing") and continues and cfg.uniform_continuation:
+                region = self.continuation(k, prev, ref)
+            # the retry's mask is the model's inside the object's intensity: where it has lost most of that
+            # intensity (through many thin slices it would shrink slice by slice), the intensity goes on
+            if region is not None and (retried is None or
+                                       (retried[1] & region).sum() < cfg.uniform_inside * region.sum()):
+                _note(kind="continued", slice=k, why=why)
+                mask, why = region, ""
+            elif retried is not None:
+                _note(kind="retry", slice=k, why=why)
+                (logits, mask, iou), why = retried, ""
+            if why:
+                break
+            if until is not None and until(k, mask):
+                why = "correction ends"
+                break
+            if masks_only:
+                obj[k] = mask
+            else:
+                self.keep(obj, k, logits, mask)
+            prev, k = mask, k + step
+            yield True
+        _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
 
     def retry(self, k: int, prev: np.ndarray, ref: float, box: Box,
               within: Box | None) -> tuple[np.ndarray, np.ndarray, float] | None:

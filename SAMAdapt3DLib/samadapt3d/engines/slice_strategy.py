@@ -99,9 +99,14 @@ class SliceStrategy:
         return hit
 
     def run(self, axis: int, prompts: ModelPrompts, seed: np.ndarray | None,
-            progress: ProgressCallback | None, cancel: threading.Event | None) -> np.ndarray:
+            progress: ProgressCallback | None, cancel: threading.Event | None,
+            preview: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """The probability [slices, rows, cols] (read-only). `preview(mask)`: the mask so far (bool, the same
+        axes), while positive objects propagate (`SliceObjects.show_preview`)."""
         walk = _Walk(self, axis, prompts, progress, cancel)
         seed = None if seed is None else np.ascontiguousarray(np.moveaxis(np.asarray(seed, bool), axis, 0))
+        walk.preview = preview
+        walk.preview_base = None if seed is None else seed.copy
         clicks = [(positive, walk.voxel(point)) for positive, point in prompts.clicks()]
         base = (axis, _seed_key(seed), None if walk.box is None else tuple(map(tuple, walk.box)))
         keys = [base + tuple(clicks[:n]) for n in range(len(clicks) + 1)]
@@ -110,6 +115,7 @@ class SliceStrategy:
             done, fold = keys.index(last.key), last.copy()
         else:
             done, fold = 0, walk.start(seed, base)
+        walk.preview_base = lambda: fold.prob > 0.5
         for n in range(done, len(clicks)):
             positive, voxel = clicks[n]
             (walk.add if positive else walk.remove)(fold, voxel)

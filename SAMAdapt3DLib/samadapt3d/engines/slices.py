@@ -23,7 +23,7 @@ import torch
 
 from ..errors import CancelledError, InputError
 from ..families.base import SliceModel
-from .base import ModelPrompts, ProgressCallback
+from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import click_voxel
 from .embedding_cache import (DEFAULT_DISK_STORE, DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData,
                               SliceEmbeddingCache)
@@ -34,6 +34,10 @@ from .slice_strategy import SliceStrategy
 
 _SliceData = SliceData  # the per-slice record (embedding, transform, image01), defined with the cache
 
+
+#: the least time between two previews of a run (`run_previewing`): each costs a pass over the volume, and a
+#: viewer needs a moment to show one
+PREVIEW_EVERY_S = 2.0
 
 #: two spacings within this relative difference count as equal (square pixels, equally thick slices)
 SAME_SPACING = 0.01
@@ -76,6 +80,8 @@ class SliceEngine:
         self.strategy = SliceStrategy(self)
         #: background embedding on (`prefetch`): each run pauses it and restarts it from the clicked slice
         self._background = False
+        #: the least time between two previews of one run (seconds)
+        self.preview_every_s = PREVIEW_EVERY_S
 
     # ---- Engine protocol -----------------------------------------------------------------------
     def set_image(self, image: np.ndarray, spacing=None) -> None:
@@ -148,9 +154,17 @@ class SliceEngine:
     def default_axis(self) -> int:
         return 0 if self.spacing is None else acquisition_axis(self.spacing)
 
-    @torch.no_grad()
     def run(self, prompts: ModelPrompts, seed: np.ndarray | None = None,
             progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> np.ndarray:
+        return self.run_previewing(prompts, seed, progress, cancel, None)
+
+    @torch.no_grad()
+    def run_previewing(self, prompts: ModelPrompts, seed: np.ndarray | None,
+                       progress: ProgressCallback | None, cancel: threading.Event | None,
+                       preview: PreviewCallback | None) -> np.ndarray:
+        """`run`; while a positive object walks from slice to slice, `preview(mask so far)` (bool [D, H, W]) at
+        most every `preview_every_s` seconds. Both ways are walked in turn, so the preview grows around the
+        click."""
         if self.image is None:
             raise InputError("call set_image before run")
         shape = self.image.shape
@@ -167,7 +181,8 @@ class SliceEngine:
         if background:
             self.embeddings.stop_prefetch()  # joins after the slice in progress: the click has the CPU
         try:
-            prob = self.strategy.run(axis, prompts, seed, progress, cancel)
+            shown = None if preview is None else (lambda mask: preview(np.moveaxis(mask, 0, axis)))
+            prob = self.strategy.run(axis, prompts, seed, progress, cancel, shown)
         finally:
             if background and self._background:
                 focus = self._focus(prompts, axis)

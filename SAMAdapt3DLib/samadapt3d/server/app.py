@@ -50,6 +50,8 @@ def create_app(config: ServerConfig, loader: Callable[..., Any] | None = None) -
     if loader is None:
         from ..models import load_model as loader
     pool = ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="samadapt3d-serve")
+    # previews are read while the operation they show holds a model thread: never queued behind a model
+    preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samadapt3d-preview")
     images, models, sessions = ImageStore(), ModelRegistry(loader), SessionStore(config)
     seed_body_bytes = CONTROL_BODY_BYTES + wire.compressed_bound(config.max_voxels // 8 + 1) * 4 // 3
 
@@ -64,6 +66,7 @@ def create_app(config: ServerConfig, loader: Callable[..., Any] | None = None) -
         yield
         task.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+        preview_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="samadapt3d", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -195,7 +198,13 @@ def create_app(config: ServerConfig, loader: Callable[..., Any] | None = None) -
     @api.get("/sessions/{session_id}/progress")
     async def progress(session_id: str, request: Request):
         s = sessions.get(session_id, client_of(request))
-        return dict(s.progress, busy=s.busy)
+        return dict(s.progress, busy=s.busy, preview=s.preview[0])
+
+    @api.get("/sessions/{session_id}/preview")
+    async def preview(session_id: str, request: Request):
+        s = sessions.get(session_id, client_of(request))
+        base = _base_of(request.query_params.get("base"))
+        return await asyncio.get_running_loop().run_in_executor(preview_pool, lambda: s.preview_report(base))
 
     @api.post("/sessions/{session_id}/cancel")
     async def cancel(session_id: str, request: Request):
@@ -253,7 +262,11 @@ def _locked(s: ServerSession, fn: Callable[[], Any], base: int | None) -> dict:
     with s.lock:
         started = time.perf_counter()
         s.last_used = time.monotonic()
-        result = fn()
+        s.clear_preview()
+        try:
+            result = fn()
+        finally:
+            s.clear_preview()
         computed = time.perf_counter()
         out = s.report(base)
         if result is not None:

@@ -127,7 +127,11 @@ class ServerSession:
     def __init__(self, session_id: str, owner: str, model: LoadedModel, max_undo: int) -> None:
         self.id, self.owner, self.model_id = session_id, owner, model.id
         self.progress = {"fraction": 0.0, "message": "", "seq": 0}
-        self.session = InteractiveSession(model.model, progress=self._on_progress, max_undo=max_undo)
+        #: the running operation's latest preview: (number, mask); the number only grows, the mask is None
+        #: between operations (`clear_preview`)
+        self.preview: tuple[int, np.ndarray | None] = (0, None)
+        self.session = InteractiveSession(model.model, progress=self._on_progress, max_undo=max_undo,
+                                          preview=self._on_preview)
         self.lock = threading.Lock()  # one operation at a time; cancel and progress do not take it
         self.last_used = time.monotonic()
         self.version = 0
@@ -138,6 +142,25 @@ class ServerSession:
 
     def _on_progress(self, fraction: float, message: str) -> None:
         self.progress = {"fraction": float(fraction), "message": str(message), "seq": self.progress["seq"] + 1}
+
+    def _on_preview(self, mask: np.ndarray) -> None:
+        self.preview = (self.preview[0] + 1, mask)
+
+    def clear_preview(self) -> None:
+        """Under the lock, before and after each operation: a preview shows only the operation running."""
+        self.preview = (self.preview[0], None)
+
+    def preview_report(self, base_version: int | None) -> dict:
+        """The running operation's latest preview as a delta from the mask the client holds at `base_version`
+        (whole when out of step); it does not change what the client was sent. No lock: the operation holds it,
+        and `_sent` only changes when the operation ends."""
+        number, mask = self.preview
+        if mask is None:
+            return {"preview": number, "delta": None}
+        sent, planes = self._sent, self._sent_planes
+        in_step = base_version == self.version and sent is not None
+        delta = mask_delta(sent if in_step else None, mask, planes if in_step else None)
+        return {"preview": number, "base": self.version if in_step else None, "delta": delta.to_json()}
 
     @property
     def busy(self) -> bool:
