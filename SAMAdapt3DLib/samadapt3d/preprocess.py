@@ -259,6 +259,13 @@ class ModelSpace:
     def mask_to_model(self, mask_kji: np.ndarray) -> np.ndarray:
         return self.to_model(np.asarray(mask_kji, dtype=np.float32)) > 0.5
 
+    def mask_from_model(self, mask_dhw: np.ndarray) -> np.ndarray:
+        """A bool model-grid mask -> bool on the original grid [k, j, i]: the same voxels when not resampled (no
+        float copy: a preview of a 512 x 512 x 300 mask costs one bool pass), else the linear resampling > 0.5."""
+        if self.resampled:
+            return self.from_model(mask_dhw, linear=True) > 0.5
+        return np.ascontiguousarray(self.axis_map.inverse_array(np.asarray(mask_dhw, dtype=bool)))
+
     def from_model(self, array_dhw: np.ndarray, linear: bool = True) -> np.ndarray:
         """A model-grid array -> float32 on the original grid [k, j, i] (exact when not resampled).
         Zero outside the model grid; when resampling, only the region around the non-zero voxels is

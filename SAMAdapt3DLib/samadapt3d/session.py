@@ -436,7 +436,7 @@ class InteractiveSession:
             def engine_preview(mask_model: np.ndarray) -> None:
                 if cancel.is_set():
                     raise CancelledError("segmentation cancelled")
-                shown = space.from_model(mask_model, linear=True) > 0.5
+                shown = space.mask_from_model(mask_model)
                 shown.setflags(write=False)
                 preview(shown)
 

@@ -76,6 +76,26 @@ def test_model_space_without_resampling_is_exact():
         assert vol.size_ijk[axis] == space.shape[space.axis_to_model(axis)]
 
 
+def test_a_model_mask_comes_back_on_the_same_voxels():
+    """mask_from_model (the previews' path, no float copy): each model voxel's value lands on the image voxel that
+    index_to_model maps to it, on a permuted and flipped grid; resampled, it is the probability's threshold."""
+    rng = np.random.default_rng(3)
+    arr = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    vol = Volume(arr, (1, 1, 1), (0, 0, 0), signed_permutation((2, 0, 1), (1, -1, -1)))
+    space = ModelSpace(vol, Preset("t", spacing=(1, 1, 1), orientation="LPS", normalization="none"))
+    model_mask = rng.random(space.shape) > 0.5
+    back = space.mask_from_model(model_mask)
+    assert back.dtype == np.bool_ and back.shape == arr.shape
+    for i, j, k in np.ndindex(*vol.size_ijk):
+        d, h, w = space.index_to_model([[i, j, k]])[0].round().astype(int)
+        assert back[k, j, i] == model_mask[d, h, w]
+    coarse = Volume(np.zeros((10, 40, 40), np.float32), (0.5, 0.5, 2.0))
+    resampled = ModelSpace(coarse, Preset("t", spacing=(1.0, 1.0, 1.0), orientation="LPS", normalization="none"))
+    blob = np.zeros(resampled.shape, bool)
+    blob[5:15, 4:12, 6:16] = True
+    assert np.array_equal(resampled.mask_from_model(blob), resampled.from_model(blob.astype(np.float32)) > 0.5)
+
+
 def test_model_space_resampling_covers_the_same_extent_and_round_trips():
     arr = np.zeros((10, 40, 40), np.float32)
     arr[3:7, 10:30, 12:28] = 1.0

@@ -80,7 +80,8 @@ class SliceObjects:
         #: preview(mask so far, bool [slices, rows, cols]) while positive objects propagate, at most every
         #: `preview_every_s` seconds; `preview_base()` is the mask the object adds to (SliceStrategy sets both)
         self.preview: Callable[[np.ndarray], None] | None = None
-        self.preview_base: Callable[[], np.ndarray] | None = None
+        self._preview_base: Callable[[], np.ndarray] | None = None
+        self._base: np.ndarray | None = None  # preview_base(), made once per base
         self.preview_every_s = strategy.engine.preview_every_s
         self._shown_at = time.monotonic()
 
@@ -98,9 +99,16 @@ class SliceObjects:
                 time.monotonic() - self._shown_at >= self.preview_every_s:
             self.show_preview()
 
+    def set_preview_base(self, base: Callable[[], np.ndarray] | None) -> None:
+        """What a positive object adds to from now on (bool [slices, rows, cols]; None: nothing); made only when
+        a preview is shown, once until the next `set_preview_base` (the base does not change while objects walk)."""
+        self._preview_base, self._base = base, None
+
     def show_preview(self) -> None:
         """The mask so far: what the growing object adds to the base (a new array the receiver may keep)."""
-        shown = self.preview_base() if self.preview_base is not None else np.zeros(self.shape, bool)
+        if self._base is None:
+            self._base = self._preview_base() if self._preview_base is not None else np.zeros(self.shape, bool)
+        shown = self._base.copy()
         for k, p in self.growing.items():
             shown[k] |= p if p.dtype == np.bool_ else p > 0.5
         self.preview(shown)

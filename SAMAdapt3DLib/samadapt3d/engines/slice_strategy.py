@@ -106,7 +106,7 @@ class SliceStrategy:
         walk = _Walk(self, axis, prompts, progress, cancel)
         seed = None if seed is None else np.ascontiguousarray(np.moveaxis(np.asarray(seed, bool), axis, 0))
         walk.preview = preview
-        walk.preview_base = None if seed is None else seed.copy
+        walk.set_preview_base(None if seed is None else seed.copy)
         clicks = [(positive, walk.voxel(point)) for positive, point in prompts.clicks()]
         base = (axis, _seed_key(seed), None if walk.box is None else tuple(map(tuple, walk.box)))
         keys = [base + tuple(clicks[:n]) for n in range(len(clicks) + 1)]
@@ -115,9 +115,9 @@ class SliceStrategy:
             done, fold = keys.index(last.key), last.copy()
         else:
             done, fold = 0, walk.start(seed, base)
-        walk.preview_base = lambda: fold.prob > 0.5
         for n in range(done, len(clicks)):
             positive, voxel = clicks[n]
+            walk.set_preview_base(lambda: fold.prob > 0.5)  # the fold as this click finds it
             (walk.add if positive else walk.remove)(fold, voxel)
             fold.key = keys[n + 1]
         # kept as is (the next run copies it before any change): the caller gets a read-only view, not a copy

@@ -254,10 +254,16 @@ def bench_session(args) -> list[tuple[str, str]]:
 
     def click_at(session, name: str) -> str:
         point = tuple(float((c + 0.5) / f - 0.5) for c, f in zip(DEMO_CLICKS[name], factors))
+        shown: list[tuple[float, np.ndarray | None]] = []  # only the first two masks are kept (75 MiB each here)
+        session.preview = lambda mask: shown.append((time.perf_counter() - t0, mask if len(shown) < 2 else None))
         t0, c0 = time.perf_counter(), time.process_time()
         mask = np.asarray(session.add_point(point, positive=True, space="ijk")) > 0
-        return (f"{time.perf_counter() - t0:.1f} s (CPU {time.process_time() - c0:.1f} s), Dice "
-                f"{dice(mask, labels[name]):.3f}; decoder {decode.take()}; encoder {embed.take()}")
+        out = (f"{time.perf_counter() - t0:.1f} s (CPU {time.process_time() - c0:.1f} s), Dice "
+               f"{dice(mask, labels[name]):.3f}; decoder {decode.take()}; encoder {embed.take()}")
+        session.preview = None
+        if shown:
+            out += f"; {len(shown)} previews, " + ", ".join(_preview_row(t, m, labels[name]) for t, m in shown[:2])
+        return out
 
     with tempfile.TemporaryDirectory() as tmp:
         store = DiskEmbeddingStore(Path(tmp))
@@ -288,6 +294,17 @@ def bench_session(args) -> list[tuple[str, str]]:
     if device.type == "cuda":
         rows.append(("peak GPU memory", f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"))
     return rows
+
+
+def _preview_row(seconds: float, mask: np.ndarray, truth: np.ndarray) -> str:
+    """When a preview came, the slices it spans and its Dice on those slices (what the user sees of it)."""
+    from ..demo import dice
+
+    planes = np.flatnonzero(mask.any(axis=(1, 2)))
+    if planes.size == 0:
+        return f"{seconds:.1f} s: empty"
+    lo, hi = int(planes[0]), int(planes[-1]) + 1
+    return f"{seconds:.1f} s: slices {lo}-{hi - 1}, Dice there {dice(mask[lo:hi], truth[lo:hi]):.3f}"
 
 
 def _peak_rss() -> str:
