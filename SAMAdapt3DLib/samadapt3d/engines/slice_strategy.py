@@ -253,21 +253,22 @@ class _Walk(SliceObjects):
             (obj,) = self.click_object(k, r, c)
         if corrects:
             self.keep_alike(obj, fold.prob > 0.5, voxel)
-        found = np.zeros(self.shape, np.float32)
-        for kk, p in obj.items():
-            found[kk] = p
-        found[voxel] = INSIDE
-        mask = found > 0.5
         fold.positives.append(voxel)
-        for neg in fold.negatives:  # earlier negatives keep their say: split against the positives
-            if mask[neg]:
-                comp = component_at(mask[neg[0]], neg[1:])
-                pos = [p[1:] for p in fold.positives if p[0] == neg[0] and comp[p[1:]]]
-                rr, cc = np.nonzero(comp)
-                drop = nearer_to_negative(np.stack([rr, cc], 1), neg[1:], pos)
-                mask[neg[0], rr[drop], cc[drop]] = False
-        found[~mask] = 0.0  # in place: a volume-sized float64 temporary would double a click's peak memory
-        np.maximum(fold.prob, found, out=fold.prob)
+        # slice by slice: a volume-sized copy of the object would add 300 MiB to a click on a 512 x 512 x 300 CT
+        for kk in sorted(set(obj) | {k}):
+            found = np.zeros(self.plane, np.float32) if kk not in obj else np.array(obj[kk], np.float32)
+            if kk == k:
+                found[r, c] = INSIDE
+            mask = found > 0.5
+            for neg in fold.negatives:  # earlier negatives keep their say: split against the positives
+                if neg[0] == kk and mask[neg[1:]]:
+                    comp = component_at(mask, neg[1:])
+                    pos = [q[1:] for q in fold.positives if q[0] == kk and comp[q[1:]]]
+                    rr, cc = np.nonzero(comp)
+                    drop = nearer_to_negative(np.stack([rr, cc], 1), neg[1:], pos)
+                    mask[rr[drop], cc[drop]] = False
+            found[~mask] = 0.0
+            np.maximum(fold.prob[kk], found, out=fold.prob[kk])
         fold.prob[voxel] = INSIDE
         fold.evidence[voxel] = True
 
