@@ -45,3 +45,27 @@ def test_a_slices_median_is_its_own_even_when_arrays_come_and_go():
     keep = rng.random((16, 16)).astype(np.float32)
     assert np.array_equal(smoothed(keep), direct(keep))
     assert not smoothed(keep).flags.writeable  # shared: callers cannot change it for the next one
+
+
+def _fill_holes_whole_slice(mask: np.ndarray) -> np.ndarray:
+    """The oracle: ITK's fill on the whole slice (what fill_holes did before it worked on the mask's box)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask, np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=True, foregroundValue=1)) > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.3, 0.5, 0.7]), st.booleans())
+def test_fill_holes_on_the_masks_box_equals_the_whole_slice(seed, density, at_border):
+    """Random masks with holes of every kind, also touching the image's border (a background region that reaches
+    the border is not a hole)."""
+    from samadapt3d.engines.slice_region import fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((24, 30), bool)
+    r0, c0 = (0, 0) if at_border else (rng.integers(1, 8), rng.integers(1, 8))
+    mask[r0:r0 + 14, c0:c0 + 18] = rng.random((14, 18)) < density
+    mask[r0:r0 + 14, c0] = mask[r0:r0 + 14, c0 + 17] = True  # walls, so some regions are enclosed
+    assert np.array_equal(fill_holes(mask), _fill_holes_whole_slice(mask))
+    assert not fill_holes(np.zeros((5, 5), bool)).any()
