@@ -197,6 +197,24 @@ def test_negative_click_removes_a_leak(session, case):
     assert dice(after, good) >= dice(before, good)
 
 
+def test_a_negative_on_the_muscle_around_a_vertebra_cuts_it_on_every_slice(session, case):
+    """A tight box around the thoracic spine: the model's masks also take the paraspinal muscle (about as many
+    pixels as the bone on every slice). One negative at the deepest muscle pixel of the middle slice must cut the
+    muscle through the slices, not only there, and keep the bone (before: one slice cut, Dice 0.60 -> 0.61)."""
+    _, truth = case
+    bone = truth["thoracic vertebral column"]
+    k, j, i = np.nonzero(bone)
+    before = np.asarray(session.set_box((i.min(), j.min(), k.min()), (i.max(), j.max(), k.max())))
+    extra = before & ~bone
+    assert extra.sum() >= 0.8 * (before & bone).sum()  # the scenario: half the mask is not bone
+    middle = int(np.median(k))
+    r, c = _deepest(extra[middle])
+    after = np.asarray(session.add_point((int(c), int(r), middle), positive=False))
+    assert (after & extra).sum() <= 0.5 * extra.sum()
+    assert (after & bone).sum() >= 0.9 * (before & bone).sum()
+    assert dice(after, bone) >= dice(before, bone) + 0.1
+
+
 def test_refining_a_segment_with_negative_clicks_only(session, case):
     """Refining (Slicer: a segment that already has voxels): a seed holding both lungs and a negative click in
     the left one must keep the seed's right lung and cut the left lung out, not return an empty mask."""

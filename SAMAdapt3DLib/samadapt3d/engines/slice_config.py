@@ -53,6 +53,15 @@ class SliceConfig:
     #: a negative's "unlike part" (another tissue taken into the mask) may be up to this fraction of the mask's
     #: component on its slice (a box's mask may be mostly the muscle around a vertebra); more: the object itself
     unlike_max_share: float = 0.75
+    #: ... and holds only pixels within this of the negative's level (a tissue's own spread; 0.035 of a CT slice's
+    #: range is ~90 HU: muscle, not the marrow beside it)
+    unlike_tolerance: float = 0.035
+    #: a negative's appearance cut, followed through slices, may grow by at most this factor from one slice to the
+    #: next (the muscle around a vertebra changes its area from slice to slice; more: the object's own tissue)
+    cut_taper: float = 1.45
+    #: ... and must lie at least this fraction on the previous slice's cut (a cut started on muscle at one
+    #: vertebra otherwise walked into the marrow of the next ones)
+    cut_overlap: float = 0.5
     #: a negative click's object: the smallest candidate scoring at least this fraction of the best one
     negative_score_ratio: float = 0.5
     #: a negative's object covering at least this fraction of the mask's component is the same object
@@ -74,8 +83,7 @@ class SliceConfig:
     correction_min_gain: float = 0.05
     #: ... or more than this fraction (a leak into a neighbour)
     correction_max_gain: float = 0.25
-    #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area (and a
-    #: negative's appearance cut, followed through slices, may not exceed this multiple of the previous slice's cut)
+    #: past the mask's end, a correction's slices may not exceed this multiple of the last masked slice's area
     end_taper: float = 1.0
     #: every positive object's boundary is re-decided by intensity in a band this many slice pixels wide on each
     #: side of it (engines/slice_appearance.py; 0: off)...

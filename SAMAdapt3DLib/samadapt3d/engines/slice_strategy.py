@@ -22,7 +22,7 @@ Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
   * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split); only the
     part of them that looks unlike the rest (`unlike_part`) when there is one;
   * else, inside a box, when the negative lands on a part that looks unlike the rest of the component (another
-    tissue taken in): that part, and what continues it on the next slices without outgrowing it (`end_taper`;
+    tissue taken in): that part, and what continues it on the next slices without outgrowing it (`cut_taper`;
     `appearance_cut`, no decoder run);
   * else, inside a box: the model re-segments the component in the largest box shrunk to stop just before
     the negative (the model's own boundary), and the rest is cut;
@@ -381,7 +381,9 @@ class _Walk(SliceObjects):
 
         def like(kk: int) -> np.ndarray:
             im = self.e.slice_data(self.axis, kk, self.cancel).image01
-            return mask[kk] & (np.abs(im - neg) < np.abs(im - fg))
+            # nearer to the negative's level than to the rest's, and within its own tissue's spread: at 3 mm a
+            # vertebra's marrow is nearer to the muscle around it than to its cortex
+            return mask[kk] & (np.abs(im - neg) < np.minimum(np.abs(im - fg), cfg.unlike_tolerance))
         region = component_at(like(k), (r, c))
         if region.sum() >= cfg.unlike_max_share * comp.sum():
             return None
@@ -404,9 +406,11 @@ class _Walk(SliceObjects):
                 grown = self.components_touching(like(kk), dilate(prev, 1))
                 if not grown.any() or any(grown[p[1:]] for p in fold.positives if p[0] == kk):
                     break
-                if grown.sum() >= cfg.same_object * mask[kk].sum():
+                if (grown & prev).sum() < cfg.cut_overlap * grown.sum():
+                    break  # mostly beside the previous slice's cut: another part of that intensity (a vertebra's body)
+                if grown.sum() >= cfg.unlike_max_share * mask[kk].sum():
                     break  # most of that slice's mask: not a part that looks different any more
-                if grown.sum() > cfg.end_taper * prev.sum():
+                if grown.sum() > cfg.cut_taper * prev.sum():
                     break  # larger than what it continues: the object's own tissue at its edge, not that part
                 cut[kk] = grown
                 prev, kk = grown, kk + step
