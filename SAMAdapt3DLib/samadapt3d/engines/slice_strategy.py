@@ -16,9 +16,9 @@ Composition (`_Fold`), prompts in the order given (ModelPrompts.clicks):
   with a box, positive clicks may reach `correction_reach` beyond its in-plane extent (the box bounds one slice);
 - a negative click REMOVES its cut from the result (never adds; its own voxel leaves unless a positive is on it).
   The cut, on the negative's slice, of the mask component it lands in:
-  * the excluded object covers a small part of the component (another structure inside the mask): that object,
-    dilated by `cut_dilation`, on every slice where it stays a small part and still looks like the negative's
-    tissue (`looks_like`);
+  * the excluded object covers a small part of the component (another structure inside the mask) and looks like
+    the negative's tissue there (`looks_like`): that object, dilated by `cut_dilation`, on every slice where it
+    stays a small part and still looks like it;
   * else, positive clicks in the component: the pixels nearer to the negative (engines.prompts split); only the
     part of them that looks unlike the rest (`unlike_part`) when there is one;
   * else, inside a box, when the negative lands on a part that looks unlike the rest of the component (another
@@ -310,9 +310,10 @@ class _Walk(SliceObjects):
         pos_in = [p[1:] for p in fold.positives if p[0] == k and comp[p[1:]]]
         (excluded,) = self.excluded_object(k, r, c)
         other = excluded.get(k)
-        if other is not None and self.is_other_structure(other, comp, pos_in):
+        neg = level_at(self.e.slice_data(self.axis, k, self.cancel).image01, r, c, 1)
+        if other is not None and self.is_other_structure(other, comp, pos_in) and \
+                self.looks_like(k, other & comp, comp & ~other, neg):
             cut[k] = dilate(other, cfg.cut_dilation) & comp
-            neg = level_at(self.e.slice_data(self.axis, k, self.cancel).image01, r, c, 1)
             for step in (+1, -1):  # follow the excluded object while it stays another structure
                 kk = k + step
                 while kk in excluded and mask[kk].any():
