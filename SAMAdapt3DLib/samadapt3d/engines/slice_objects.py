@@ -78,10 +78,10 @@ class SliceObjects:
         #: the positive object being propagated (slice -> probability or mask), shown by `preview`
         self.growing: SliceObject | None = None
         #: preview(mask so far, bool [slices, rows, cols]) while positive objects propagate, at most every
-        #: `preview_every_s` seconds; `preview_base()` is the mask the object adds to (SliceStrategy sets both)
+        #: `preview_every_s` seconds, over the mask the object adds to (SliceStrategy sets both: `set_preview_base`)
         self.preview: Callable[[np.ndarray], None] | None = None
         self._preview_base: Callable[[], np.ndarray] | None = None
-        self._base: np.ndarray | None = None  # preview_base(), made once per base
+        self._base: np.ndarray | None = None  # the base, made once per `set_preview_base`
         self.preview_every_s = strategy.engine.preview_every_s
         self._shown_at = time.monotonic()
 
