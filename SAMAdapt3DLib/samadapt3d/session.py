@@ -15,14 +15,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .engines.base import ModelPrompts, Preparable, Prefetching, Previewing
+from .engines.base import ModelPrompts, Preparable, Prefetching, PreviewCallback, Previewing
 from .errors import CancelledError, InputError
 from .preprocess import ModelSpace
 from .volume import Volume
 
 ProgressCallback = Callable[[float, str], None]
-#: preview(the mask so far, bool [k, j, i], read-only) while a prompt's run is under way
-PreviewCallback = Callable[[np.ndarray], None]
 POINT_KINDS = ("positive", "negative")
 
 

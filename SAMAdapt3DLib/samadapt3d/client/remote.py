@@ -15,13 +15,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..session import Prompt, box_to_index, check_finite, point_to_index, require_image
+from ..session import PreviewCallback, Prompt, box_to_index, check_finite, point_to_index, require_image
 from ..volume import Volume
 from . import wire
 from .transport import ServerError
 
 ProgressCallback = Callable[[float, str], None]
-PreviewCallback = Callable[[np.ndarray], None]
 #: how often a running call's progress is asked for (only when a progress or preview callback is set)
 PROGRESS_POLL_S = 0.1
 #: server error kinds after which the session is rebuilt and the call made once more
@@ -278,9 +277,9 @@ class RemoteSession:
             raise
 
     def _report_progress(self, seen: int, shown: int | None) -> tuple[int, int | None]:
-        """Ask for the running call's progress; report what is new. `shown`: the number of the last preview
-        reported (None: take the server's current number as seen, it belongs to an earlier call), or None
-        after the call has ended."""
+        """Ask for the running call's progress and report what is new; returns (progress seq, preview number).
+        `shown`: the number of the last preview seen; None on the first ask, where the server's current number
+        belongs to an earlier call (and after the call, when only the progress is wanted)."""
         try:
             state = self.client.call("GET", f"/sessions/{self.session_id}/progress", idempotent=True)
         except ServerError:
@@ -305,7 +304,7 @@ class RemoteSession:
         shape = tuple(self.volume.array.shape)
         delta = wire.MaskDelta.from_json(got["delta"], int(np.prod(shape)))
         base = self._mask if got.get("base") is not None and got["base"] == self._version else None
-        self.preview(delta.apply(None if delta.reset else base, shape))
+        self.preview(delta.apply(base, shape))  # a whole mask (reset) ignores the base
 
     def _apply(self, answer: dict, shape, sent_seed) -> None:
         if not answer.get("image"):

@@ -9,7 +9,8 @@ import numpy as np
 
 #: progress(fraction in [0, 1], message)
 ProgressCallback = Callable[[float, str], None]
-#: preview(the mask so far): bool, the run's array axes; a new array the receiver may keep
+#: preview(the mask so far): bool, a new array the receiver may keep; an engine's in model axes [D, H, W], a
+#: session's (InteractiveSession, RemoteSession) on the volume's grid [k, j, i], read-only
 PreviewCallback = Callable[[np.ndarray], None]
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ..errors import CancelledError
-from .base import ModelPrompts
+from .base import ModelPrompts, PreviewCallback
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
@@ -79,7 +79,7 @@ class SliceObjects:
         self.growing: SliceObject | None = None
         #: preview(mask so far, bool [slices, rows, cols]) while positive objects propagate, at most every
         #: `preview_every_s` seconds, over the mask the object adds to (SliceStrategy sets both: `set_preview_base`)
-        self.preview: Callable[[np.ndarray], None] | None = None
+        self.preview: PreviewCallback | None = None
         self._preview_base: Callable[[], np.ndarray] | None = None
         self._base: np.ndarray | None = None  # the base, made once per `set_preview_base`
         self.preview_every_s = strategy.engine.preview_every_s

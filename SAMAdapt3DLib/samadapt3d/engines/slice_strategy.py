@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .base import ModelPrompts, ProgressCallback
+from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import label_components, nearer_to_negative
 from .slice_objects import SliceObject, SliceObjects
 from .slice_ops import bbox_2d, box_is_valid, component_at, dilate, grow_box
@@ -100,7 +100,7 @@ class SliceStrategy:
 
     def run(self, axis: int, prompts: ModelPrompts, seed: np.ndarray | None,
             progress: ProgressCallback | None, cancel: threading.Event | None,
-            preview: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+            preview: PreviewCallback | None = None) -> np.ndarray:
         """The probability [slices, rows, cols] (read-only). `preview(mask)`: the mask so far (bool, the same
         axes), while positive objects propagate (`SliceObjects.show_preview`)."""
         walk = _Walk(self, axis, prompts, progress, cancel)

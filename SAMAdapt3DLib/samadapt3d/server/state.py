@@ -157,10 +157,15 @@ class ServerSession:
         number, mask = self.preview
         if mask is None:
             return {"preview": number, "delta": None}
+        delta, in_step = self._delta_for(base_version, mask)
+        return {"preview": number, "base": self.version if in_step else None, "delta": delta.to_json()}
+
+    def _delta_for(self, base_version: int | None, mask: np.ndarray):
+        """(mask as a delta from what the client at `base_version` holds, whether it is in step): a client out of
+        step gets the mask whole."""
         sent, planes = self._sent, self._sent_planes
         in_step = base_version == self.version and sent is not None
-        delta = mask_delta(sent if in_step else None, mask, planes if in_step else None)
-        return {"preview": number, "base": self.version if in_step else None, "delta": delta.to_json()}
+        return mask_delta(sent if in_step else None, mask, planes if in_step else None), in_step
 
     @property
     def busy(self) -> bool:
@@ -172,9 +177,7 @@ class ServerSession:
         if s.volume is None:
             return {"version": self.version, "image": False}
         new = s.mask
-        in_step = base_version == self.version and self._sent is not None
-        # a client out of step gets the mask whole
-        delta = mask_delta(self._sent if in_step else None, new, self._sent_planes if in_step else None)
+        delta, _ = self._delta_for(base_version, new)
         if delta.box is not None or delta.reset:
             self.version += 1
         self._sent, self._sent_planes = new, delta.planes
