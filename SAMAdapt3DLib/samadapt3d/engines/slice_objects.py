@@ -81,9 +81,9 @@ class SliceObjects:
         #: `preview_every_s` seconds, over the mask the object adds to (SliceStrategy sets both: `set_preview_base`)
         self.preview: PreviewCallback | None = None
         self._preview_base: Callable[[], np.ndarray] | None = None
-        self._base: np.ndarray | None = None  # the base, made once per `set_preview_base`
+        self._base: np.ndarray | bool | None = None  # the base, made once per `set_preview_base` (False: empty)
         self.preview_every_s = strategy.engine.preview_every_s
-        self._shown_at = time.monotonic()
+        self._shown_at: float | None = None  # the first preview comes at once: the clicked slice, decoded first
 
     # ---- small helpers -----------------------------------------------------------------------
     def voxel(self, point) -> tuple[int, int, int]:
@@ -96,7 +96,7 @@ class SliceObjects:
         if self.progress is not None:
             self.progress(min(self.done / max(self.n, 1), 0.99), message)
         if self.preview is not None and self.growing is not None and \
-                time.monotonic() - self._shown_at >= self.preview_every_s:
+                (self._shown_at is None or time.monotonic() - self._shown_at >= self.preview_every_s):
             self.show_preview()
 
     def set_preview_base(self, base: Callable[[], np.ndarray] | None) -> None:
@@ -107,8 +107,10 @@ class SliceObjects:
     def show_preview(self) -> None:
         """The mask so far: what the growing object adds to the base (a new array the receiver may keep)."""
         if self._base is None:
-            self._base = self._preview_base() if self._preview_base is not None else np.zeros(self.shape, bool)
-        shown = self._base.copy()
+            base = self._preview_base() if self._preview_base is not None else None
+            self._base = base if base is not None and base.any() else False
+        # over an empty base (a first click) fresh zeros: a copy would touch every page of a CT-sized mask
+        shown = np.zeros(self.shape, bool) if self._base is False else self._base.copy()
         for k, p in self.growing.items():
             shown[k] |= p if p.dtype == np.bool_ else p > 0.5
         self.preview(shown)

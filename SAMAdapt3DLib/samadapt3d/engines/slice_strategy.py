@@ -147,15 +147,15 @@ class _Walk(SliceObjects):
         """A positive click on a slice the mask misses, next to slices it holds (an end of the object, where the
         walk stopped): the slice re-prompted with the nearest masked slice's box plus the click, propagated while it
         adds to the mask; None when no masked slice is within `end_reach` slices or the model's mask misses it."""
+        if not self.in_range(k) or (fold.prob[k] > 0.5).any():
+            return None
+        # the slices within reach first: the whole mask is made only for a click at an end
+        reach = range(max(k - self.cfg.end_reach, 0), min(k + self.cfg.end_reach + 1, fold.prob.shape[0]))
+        held = [j for j in reach if (fold.prob[j] > 0.5).any()]
+        if not held:
+            return None
+        near = min(held, key=lambda j: (abs(j - k), j))  # the nearest; of two as near, the lower
         current = fold.prob > 0.5
-        if not self.in_range(k) or current[k].any():
-            return None
-        held = np.flatnonzero(current.any(axis=(1, 2)))
-        if held.size == 0:
-            return None
-        near = int(held[np.argmin(np.abs(held - k))])
-        if abs(near - k) > self.cfg.end_reach:
-            return None
         ref = current[near].copy()
         ref[r, c] = True
         box = grow_box(bbox_2d(ref), self.cfg.box_margin, self.plane, self.plane_box())
@@ -178,10 +178,12 @@ class _Walk(SliceObjects):
         """A positive click just outside a mask component (a missed part of it): the slice re-prompted with the box
         of the component plus the click, propagated while it adds to the mask; None when no component is near or
         the model's mask misses the click."""
-        current = fold.prob > 0.5
-        if not self.in_range(k) or current[k, r, c] or not current[k].any():
+        if not self.in_range(k):
             return None
-        labels = label_components(current[k])
+        here = fold.prob[k] > 0.5  # the slice first: the whole mask is made only for a click near a component
+        if here[r, c] or not here.any():
+            return None
+        labels = label_components(here)
         rr, cc = np.nonzero(labels)
         dist = (rr - r) ** 2 + (cc - c) ** 2
         nearest = int(np.argmin(dist))
@@ -198,6 +200,7 @@ class _Walk(SliceObjects):
         obj: SliceObject = {}
         self.keep(obj, k, logits[0], mask)
         limit = self.cfg.end_taper * float(mask.sum())
+        current = fold.prob > 0.5
         self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
         self.refine(obj)
         return obj

@@ -162,8 +162,8 @@ class SliceEngine:
     def run_previewing(self, prompts: ModelPrompts, seed: np.ndarray | None,
                        progress: ProgressCallback | None, cancel: threading.Event | None,
                        preview: PreviewCallback | None) -> np.ndarray:
-        """`run`; while a positive object walks from slice to slice, `preview(mask so far)` (bool [D, H, W]) at
-        most every `preview_every_s` seconds. Both ways are walked in turn, so the preview grows around the
+        """`run`; while a positive object walks from slice to slice, `preview(mask so far)` (bool [D, H, W]): the
+        first as soon as the clicked slice is decoded, then at most every `preview_every_s` seconds. Both ways are walked in turn, so the preview grows around the
         click."""
         if self.image is None:
             raise InputError("call set_image before run")
