@@ -46,6 +46,12 @@ class SliceConfig:
     #: an object of uniform intensity (a lung) whose model mask turns into another tissue goes on as its own
     #: intensity near the previous slice's mask, never larger than it (a lung's base around the liver's dome)
     uniform_continuation: bool = True
+    #: a box's object (not of uniform intensity) whose model mask takes in another tissue goes on as the part of
+    #: that mask at its own level (a body's mask holds the lungs on the chest's slices)
+    level_continuation: bool = True
+    #: ... when what that part leaves out lies at least this far from the object's level (air beside soft
+    #: tissue, ~0.37 on CT; not the bone beside a vertebra's muscle, ~0.18)
+    level_part_contrast: float = 0.3
     #: a propagation stop (low IoU, no overlap, another tissue) is retried once with the box of the
     #: similar-intensity region overlapping the previous mask (without a 3D box only: inside one it made corrective
     #: clicks of the CVPR 2025 protocol lower Dice by up to 0.15)

@@ -39,7 +39,7 @@ from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
 from ..evaluate.metrics import dice  # the candidate's agreement with a non-empty region
 from .slice_appearance import refine_by_appearance
-from .slice_region import level_at, region_near, similar_filled, similar_region
+from .slice_region import level_at, region_near, similar_filled, similar_region, smoothed
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy
@@ -144,7 +144,8 @@ class SliceObjects:
             obj: SliceObject = {}
             mask = logits[0] > 0
             self.keep(obj, k, logits[0], mask)
-            self.propagate(obj, k, mask, continues=self.is_uniform_mask(k, mask))
+            uniform = self.is_uniform_mask(k, mask)
+            self.propagate(obj, k, mask, continues=uniform, holds_level=not uniform)
             self.refine(obj)
             return obj, k, mask
         return self.s.memo(self.key("box"), make)
@@ -323,7 +324,7 @@ class SliceObjects:
 
     def propagate(self, obj: dict, k0: int, mask0: np.ndarray, masks_only: bool = False,
                   adds_to: np.ndarray | None = None, uniform: bool = False, until=None,
-                  continues: bool = False) -> None:
+                  continues: bool = False, holds_level: bool = False) -> None:
         """Walk from slice k0 both ways; each accepted slice goes into `obj` (logits kept as probability, or
         the bool mask with `masks_only`). With `adds_to` (the current mask) the walk stops where it adds nothing
         to it: a correction propagates only its change. A `uniform` object also stops where its mask leaks out of
@@ -334,7 +335,7 @@ class SliceObjects:
             return
         ref = float(np.median(self.e.slice_data(self.axis, k0, self.cancel).image01[mask0]))
         # both ways in turn, a slice each: what is shown while the walk goes on (`preview`) grows around the click
-        walks = [self._walk(obj, k0, mask0, step, ref, masks_only, adds_to, uniform, until, continues)
+        walks = [self._walk(obj, k0, mask0, step, ref, masks_only, adds_to, uniform, until, continues, holds_level)
                  for step in (+1, -1)]
         before = self.growing
         if not masks_only:
@@ -348,7 +349,7 @@ class SliceObjects:
             self.growing = before
 
     def _walk(self, obj: dict, k0: int, mask0: np.ndarray, step: int, ref: float, masks_only: bool,
-              adds_to: np.ndarray | None, uniform: bool, until, continues: bool):
+              adds_to: np.ndarray | None, uniform: bool, until, continues: bool, holds_level: bool):
         """One direction of `propagate`, a slice per step (yields True after each slice it keeps)."""
         cfg = self.cfg
         within = self.plane_box()
@@ -386,6 +387,11 @@ class SliceObjects:
             elif retried is not None:
                 _note(kind="retry", slice=k, why=why)
                 (logits, mask, iou), why = retried, ""
+            elif why.startswith("level") and holds_level and cfg.level_continuation:
+                part = self.level_part(k, mask, prev, ref)
+                if part is not None:
+                    _note(kind="level part", slice=k, why=why)
+                    mask, why = part, ""
             if why:
                 break
             if until is not None and until(k, mask):
@@ -398,6 +404,21 @@ class SliceObjects:
             prev, k = mask, k + step
             yield True
         _note(kind="stop", start=k0, step=step, slice=k, why=why or "end")
+
+    def level_part(self, k: int, mask: np.ndarray, prev: np.ndarray, ref: float) -> np.ndarray | None:
+        """The part of the model's mask on slice k at the object's own level (the mask also took in a neighbour of
+        another intensity: a body's mask its lungs), when it continues the previous slice's mask: most of it on
+        that mask, at most `cut_taper` times its area; None otherwise."""
+        img = self.e.slice_data(self.axis, k, self.cancel).image01
+        part = mask & (np.abs(smoothed(img) - ref) < self.cfg.homogeneity_tolerance)
+        area = int(part.sum())
+        if area < self.cfg.min_area or area > self.cfg.cut_taper * prev.sum() or not (mask & ~part).any():
+            return None
+        if abs(float(np.median(img[mask & ~part])) - ref) < self.cfg.level_part_contrast:
+            return None  # what it leaves out is no other tissue (the bone beside a vertebra's muscle)
+        if (part & dilate(prev, 2)).sum() < self.cfg.cut_overlap * area:
+            return None
+        return part
 
     def retry(self, k: int, prev: np.ndarray, ref: float, box: Box,
               within: Box | None) -> tuple[np.ndarray, np.ndarray, float] | None:
