@@ -190,11 +190,27 @@ def resample_array(array: np.ndarray, source, target, linear: bool = True, defau
     return sitk.GetArrayFromImage(out)
 
 
+#: integers up to this magnitude are exact in float32 (its 24-bit significand)
+FLOAT32_EXACT_INT = 2 ** 24
+
+
+def exact_in_float32(array: np.ndarray) -> bool:
+    """Integers that float32 holds exactly (16 bits or less, or wider ones within +-2**24): such an array may stay
+    as it is, with no float32 copy of the volume, and be converted slice by slice."""
+    if not np.issubdtype(array.dtype, np.integer):
+        return False
+    if array.dtype.itemsize <= 2 or array.size == 0:
+        return True
+    return -FLOAT32_EXACT_INT <= int(array.min()) and int(array.max()) <= FLOAT32_EXACT_INT
+
+
 class ModelSpace:
     """A volume mapped into a preset's model space, and the exact way back.
 
-    `image` is the normalised model-space array [D, H, W] float32; `grid` its geometry as a Volume
-    (array = image). Indices in the original volume are (i, j, k); in model space (d, h, w) = (k', j', i').
+    `image` is the normalised model-space array [D, H, W]: float32, or the volume's own integers where float32 holds
+    them exactly (`exact_in_float32`) and the preset neither resamples, clips nor normalises (LiteMedSAM: each slice is
+    normalised by the model); `grid` its geometry as a Volume (array = image). Indices in the original volume are
+    (i, j, k); in model space (d, h, w) = (k', j', i').
     """
 
     def __init__(self, volume, preset: Preset) -> None:
@@ -203,9 +219,9 @@ class ModelSpace:
         self.volume = volume
         self.preset = preset
         self.axis_map = AxisMap.to_orientation(volume, preset.orientation)
-        self.oriented = self.axis_map.forward_volume(
-            Volume(np.asarray(volume.array, dtype=np.float32), volume.spacing, volume.origin, volume.direction)
-        )
+        raw = preset.normalization == "none" and preset.clip is None and exact_in_float32(np.asarray(volume.array))
+        array = np.asarray(volume.array) if raw else np.asarray(volume.array, dtype=np.float32)
+        self.oriented = self.axis_map.forward_volume(Volume(array, volume.spacing, volume.origin, volume.direction))
         self.resampled = False
         grid = self.oriented
         if preset.spacing is not None:
@@ -217,7 +233,8 @@ class ModelSpace:
                                       default=float(self.oriented.array.min()))
                 grid = shell.with_array(data)
                 self.resampled = True
-        self.grid = grid.with_array(preset.normalize(grid.array))
+        # resampled: float32 already; raw: the integers as they are (normalize would copy them to float32)
+        self.grid = grid if raw and not self.resampled else grid.with_array(preset.normalize(grid.array))
 
     @property
     def image(self) -> np.ndarray:

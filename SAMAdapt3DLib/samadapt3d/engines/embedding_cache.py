@@ -208,11 +208,10 @@ class SliceEmbeddingCache:
     # ---- lookups ---------------------------------------------------------------------------------
     def get(self, axis: int, index: int, cancel: threading.Event | None = None) -> SliceData:
         with self._lock:
-            image = self.image
             key = self._keys.get((axis, index))
             slice2d = None
             if key is None:
-                slice2d = np.ascontiguousarray(np.take(image, index, axis=axis))
+                slice2d = self.slice2d(axis, index)
                 key = self.content_key(axis, index, slice2d)
                 self._keys[(axis, index)] = key
             hit = self._memory.get(key)
@@ -223,10 +222,14 @@ class SliceEmbeddingCache:
             if cancel is not None and cancel.is_set():
                 raise CancelledError("segmentation cancelled")
             if slice2d is None:
-                slice2d = np.ascontiguousarray(np.take(image, index, axis=axis))
+                slice2d = self.slice2d(axis, index)
             data = self._load_or_embed(axis, index, key, slice2d)
             self._remember(key, data)
             return data
+
+    def slice2d(self, axis: int, index: int) -> np.ndarray:
+        """Slice `index` along `axis` as float32 (the image may hold small integers: the same values)."""
+        return np.ascontiguousarray(np.take(self.image, index, axis=axis), dtype=np.float32)
 
     def _remember(self, key: tuple, data: SliceData) -> None:
         self._memory[key] = data
@@ -243,7 +246,7 @@ class SliceEmbeddingCache:
         lo, hi = max(index - context, 0), min(index + context, self.image.shape[axis] - 1)
         for k in range(lo, hi + 1):
             digest.update(slice2d.tobytes() if k == index
-                          else np.ascontiguousarray(np.take(self.image, k, axis=axis)).tobytes())
+                          else self.slice2d(axis, k).tobytes())
         return (slice2d.shape, index - lo, hi - lo, digest.digest())
 
     def _embeds_in_volume(self) -> bool:
@@ -300,7 +303,7 @@ class SliceEmbeddingCache:
             for k in indices:
                 key = self._keys.get((axis, k))
                 if key is None:
-                    slice2d = np.ascontiguousarray(np.take(self.image, k, axis=axis))
+                    slice2d = self.slice2d(axis, k)
                     key = self._keys[(axis, k)] = self.content_key(axis, k, slice2d)
                 if key in self._memory:
                     out[k] = self.get(axis, k, cancel)
@@ -313,7 +316,7 @@ class SliceEmbeddingCache:
             if todo:
                 if cancel is not None and cancel.is_set():
                     raise CancelledError("segmentation cancelled")
-                slices = [np.ascontiguousarray(np.take(self.image, k, axis=axis)) for k, _ in todo]
+                slices = [self.slice2d(axis, k) for k, _ in todo]
                 prepared = [self.model.preprocess_slice(s2d) for s2d in slices]
                 with torch.no_grad():
                     batch = self.model.embed(torch.stack([t for t, _ in prepared])).detach()

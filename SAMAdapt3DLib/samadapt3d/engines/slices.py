@@ -23,6 +23,7 @@ import torch
 
 from ..errors import CancelledError, InputError
 from ..families.base import SliceModel
+from ..preprocess import exact_in_float32
 from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import click_voxel
 from .embedding_cache import (DEFAULT_DISK_STORE, DEFAULT_MEMORY_BYTES, DiskEmbeddingStore, SliceData,
@@ -87,10 +88,14 @@ class SliceEngine:
     def set_image(self, image: np.ndarray, spacing=None) -> None:
         """Model-space image [D, H, W] (preset-normalised). `spacing` (optional keyword): voxel size in
         mm along (D, H, W); it only picks the default slicing axis (`acquisition_axis`)."""
-        image = np.asarray(image, dtype=np.float32)
+        image = np.asarray(image)
+        # integers that float32 holds exactly stay as they are (each slice is read as float32: the same values);
+        # a model that embeds a slice with its neighbours reads the volume at once, as float32
+        if not (exact_in_float32(image) and self.model.slice_context == 0):
+            image = np.asarray(image, dtype=np.float32)
         if image.ndim != 3:
             raise InputError(f"SliceEngine needs a 3D image [D, H, W], got shape {image.shape}")
-        if not np.all(np.isfinite(image)):
+        if image.dtype == np.float32 and not np.all(np.isfinite(image)):
             raise InputError("the image holds NaN or infinite values")
         self.image = image
         if spacing is not None:
@@ -163,8 +168,8 @@ class SliceEngine:
                        progress: ProgressCallback | None, cancel: threading.Event | None,
                        preview: PreviewCallback | None) -> np.ndarray:
         """`run`; while a positive object walks from slice to slice, `preview(mask so far)` (bool [D, H, W]): the
-        first as soon as the clicked slice is decoded, then at most every `preview_every_s` seconds. Both ways are walked in turn, so the preview grows around the
-        click."""
+        first as soon as the clicked slice is decoded, then at most every `preview_every_s` seconds. Both ways are
+        walked in turn, so the preview grows around the click."""
         if self.image is None:
             raise InputError("call set_image before run")
         shape = self.image.shape
