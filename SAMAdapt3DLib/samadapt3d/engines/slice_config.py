@@ -94,6 +94,10 @@ class SliceConfig:
     #: every positive object's boundary is re-decided by intensity in a band this many slice pixels wide on each
     #: side of it (engines/slice_appearance.py; 0: off)...
     appearance_band: int = 2
+    #: ... widened for a large object to this fraction of the square root of its median slice area (a boundary
+    #: drawn at the model's scale is off by more pixels on a larger object), up to `appearance_band_max`
+    appearance_band_share: float = 1 / 11
+    appearance_band_max: int = 5
     #: ... where the object's histograms tell its core from its far ring with at least this balanced accuracy
     #: (0.5: chance; above 1: never)
     appearance_separation: float = 0.75

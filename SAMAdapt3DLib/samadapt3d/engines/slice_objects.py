@@ -197,6 +197,15 @@ class SliceObjects:
         inside[r0:r1 + 1, c0:c1 + 1] = True
         return inside
 
+    def band_width(self, masks: dict[int, np.ndarray]) -> int:
+        """The appearance band's width (px) for an object: `appearance_band`, wider for a large one."""
+        cfg = self.cfg
+        areas = [int(m.sum()) for m in masks.values() if m.any()]
+        if not areas:
+            return cfg.appearance_band
+        wide = int(round(cfg.appearance_band_share * float(np.sqrt(np.median(areas)))))
+        return max(cfg.appearance_band, min(wide, cfg.appearance_band_max))
+
     def refine(self, obj: SliceObject) -> None:
         """The object's boundary re-decided by intensity in a thin band (engines/slice_appearance.py), within the
         box's in-plane extent; pixels it adds enter just above 0.5, pixels it drops leave just below."""
@@ -205,7 +214,7 @@ class SliceObjects:
             return
         masks = {k: p > 0.5 for k, p in obj.items()}
         images = {k: self.e.slice_data(self.axis, k, self.cancel).image01 for k in masks}
-        refined, check = refine_by_appearance(images, masks, cfg.appearance_band, cfg.appearance_separation)
+        refined, check = refine_by_appearance(images, masks, self.band_width(masks), cfg.appearance_separation)
         _note(kind="appearance", core_inside=check.core_inside, far_outside=check.far_outside, used=check.used)
         if not check.used:
             return
