@@ -416,8 +416,9 @@ class SliceObjects:
 
     def level_part(self, k: int, mask: np.ndarray, prev: np.ndarray, ref: float) -> np.ndarray | None:
         """The part of the model's mask on slice k at the object's own level (the mask also took in a neighbour of
-        another intensity: a body's mask its lungs), when it continues the previous slice's mask: most of it on
-        that mask, at most `cut_taper` times its area; None otherwise."""
+        another intensity: a body's mask its lungs), when what it leaves out lies `level_part_contrast` or more from
+        that level and the part continues the previous slice's mask (most of it on that mask, at most `cut_taper`
+        times its area); None otherwise."""
         img = self.e.slice_data(self.axis, k, self.cancel).image01
         part = mask & (np.abs(smoothed(img) - ref) < self.cfg.homogeneity_tolerance)
         area = int(part.sum())
