@@ -188,8 +188,9 @@ def bench_parity(args) -> list[tuple[str, str]]:
     return rows
 
 
-def clinical_volume(depth: int, side: int = 512):
-    """The demo CT resampled (trilinear) to side x side x depth voxels, spacing scaled to match, with its labels."""
+def clinical_volume(depth: int, side: int = 512, integer: bool = False):
+    """The demo CT resampled (trilinear) to side x side x depth voxels, spacing scaled to match, with its labels;
+    `integer`: rounded to int16, as a scanner stores a CT (the session then keeps no float32 copy of it)."""
     from ..demo import load_demo_case
     from ..volume import Volume
 
@@ -204,6 +205,8 @@ def clinical_volume(depth: int, side: int = 512):
         m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
         labels[name] = torch.nn.functional.interpolate(m, size=(depth, side, side), mode="trilinear",
                                                        align_corners=False)[0, 0].numpy() > 0.5
+    if integer:
+        array = np.round(array).astype(np.int16)
     return Volume(array, spacing=spacing, origin=volume.origin, direction=volume.direction), labels, factors
 
 
@@ -240,7 +243,7 @@ def bench_session(args) -> list[tuple[str, str]]:
 
     device = resolve_device(args.device)
     model = load_model("litemedsam", device=device, precision=args.precision)
-    volume, labels, factors = clinical_volume(args.session)
+    volume, labels, factors = clinical_volume(args.session, integer=True)
     t0 = time.perf_counter()
     with torch.no_grad():  # export (first use only: kept in the cache folder) and compile, not a click's cost
         model.decode(model.embed(torch.zeros(1, 3, model.image_size, model.image_size)),
@@ -248,7 +251,7 @@ def bench_session(args) -> list[tuple[str, str]]:
     setup = time.perf_counter() - t0
     decode, embed = _Timed(model.decode), _Timed(model.embed)
     model.decode, model.embed = decode, embed  # instance attributes: counted, nothing else changes
-    rows = [("machine", _machine(device)), ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k), "
+    rows = [("machine", _machine(device)), ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k) of {volume.array.dtype}, "
                                                       f"encoder {model.backend()}"),
             ("setup (export or load, compile)", f"{setup:.1f} s")]
 
