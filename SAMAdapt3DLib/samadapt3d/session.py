@@ -176,7 +176,8 @@ class InteractiveSession:
     def __init__(self, model, progress: ProgressCallback | None = None, engine=None, max_undo: int = 32,
                  preview: PreviewCallback | None = None) -> None:
         """`preview`: called with the mask so far while a prompt runs, when the engine can show one (`Previewing`:
-        the slice engine: the clicked slice at once, then at most every couple of seconds); the call's return value stays the result."""
+        the slice engine: the clicked slice at once, then at most every couple of seconds); the call's return value
+        stays the result."""
         self.model = model
         self.progress = progress
         self.preview = preview

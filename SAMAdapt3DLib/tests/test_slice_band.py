@@ -8,14 +8,13 @@ its subcutaneous fat on the slicerio CT.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from samadapt3d.engines.base import ModelPrompts
 from samadapt3d.engines.slice_objects import SliceObjects
 from samadapt3d.engines.slices import SliceEngine
 
-from test_slice_contract import ToySliceModel
+from test_slice_contract import ToySliceModel, largest_component
 
 SHRINK = 4
 SLICES, SIDE = 7, 96
@@ -24,22 +23,8 @@ SLICES, SIDE = 7, 96
 class ShrunkModel(ToySliceModel):
     """A box gives the largest object of non-zero pixels inside it, eroded by SHRINK pixels."""
 
-    def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
-        image = embeddings[0, 0].detach().numpy()
-        out = []
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).round().astype(int):
-            self.decode_calls += 1
-            inside = np.zeros(image.shape, bool)
-            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
-            labels, count = ndimage.label(inside & (image > 0))
-            mask = np.zeros(image.shape, bool)
-            if count:
-                sizes = np.bincount(labels.ravel())
-                sizes[0] = 0
-                mask = ndimage.binary_erosion(labels == int(np.argmax(sizes)), iterations=SHRINK)
-            out.append(np.where(mask, 6.0, -6.0))
-        logits = torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None]
-        return logits, torch.full((len(out), 1), 0.9)
+    def box_mask(self, image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        return ndimage.binary_erosion(largest_component(inside & (image > 0)), iterations=SHRINK)
 
 
 def boxed(side: int) -> tuple[np.ndarray, np.ndarray]:

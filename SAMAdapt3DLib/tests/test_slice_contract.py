@@ -57,16 +57,26 @@ class ToySliceModel(SliceModel):
             self.decode_calls += 1
             inside = np.zeros(image.shape, bool)
             inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
-            values, counts = np.unique(image[inside & (image > 0)], return_counts=True)
-            mask = np.zeros(image.shape, bool)
-            if len(values):
-                labels, _ = ndimage.label(inside & (image == values[np.argmax(counts)]), np.ones((3, 3)))
-                sizes = np.bincount(labels.ravel())
-                sizes[0] = 0
-                mask = labels == int(np.argmax(sizes))
-            out.append(np.where(mask, 6.0, -6.0))
+            out.append(np.where(self.box_mask(image, inside), 6.0, -6.0))
         logits = torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None]
         return logits, torch.full((len(out), 1), 0.9)
+
+    def box_mask(self, image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """What a box (`inside`: its pixels) gives: the largest piece of its most common non-zero value."""
+        values, counts = np.unique(image[inside & (image > 0)], return_counts=True)
+        if not len(values):
+            return np.zeros(image.shape, bool)
+        return largest_component(inside & (image == values[np.argmax(counts)]))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 2D mask (empty for an empty mask)."""
+    labels, count = ndimage.label(mask, np.ones((3, 3)))
+    if not count:
+        return np.zeros(mask.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
 
 
 def toy_volume() -> np.ndarray:

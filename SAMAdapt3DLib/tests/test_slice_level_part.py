@@ -9,13 +9,12 @@ middle slice and 60 % above it: there the body's mask has the lung's level, and 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from samadapt3d.engines.base import ModelPrompts
 from samadapt3d.engines.slices import SliceEngine
 
-from test_slice_contract import ToySliceModel
+from test_slice_contract import ToySliceModel, largest_component
 
 SLICES, ROWS, COLS = 12, 40, 48
 MIDDLE = 6  # the box's middle slice (slices 1-11)
@@ -25,22 +24,8 @@ BODY_ROWS = slice(6, 34)
 class FilledBodyModel(ToySliceModel):
     """A box gives the largest filled component of the non-zero pixels inside it."""
 
-    def decode(self, embeddings, points=None, boxes=None, mask_input=None, multimask_output=False):
-        image = embeddings[0, 0].detach().numpy()
-        out = []
-        for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).round().astype(int):
-            self.decode_calls += 1
-            inside = np.zeros(image.shape, bool)
-            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
-            labels, count = ndimage.label(inside & (image > 0), np.ones((3, 3)))
-            mask = np.zeros(image.shape, bool)
-            if count:
-                sizes = np.bincount(labels.ravel())
-                sizes[0] = 0
-                mask = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)))
-            out.append(np.where(mask, 6.0, -6.0))
-        logits = torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None]
-        return logits, torch.full((len(out), 1), 0.9)
+    def box_mask(self, image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        return ndimage.binary_fill_holes(largest_component(inside & (image > 0)))
 
 
 def body_volume(lung_value: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -251,8 +251,9 @@ def bench_session(args) -> list[tuple[str, str]]:
     setup = time.perf_counter() - t0
     decode, embed = _Timed(model.decode), _Timed(model.embed)
     model.decode, model.embed = decode, embed  # instance attributes: counted, nothing else changes
-    rows = [("machine", _machine(device)), ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k) of {volume.array.dtype}, "
-                                                      f"encoder {model.backend()}"),
+    rows = [("machine", _machine(device)),
+            ("volume", f"{volume.array.shape[::-1]} voxels (i, j, k) of {volume.array.dtype}, "
+                       f"encoder {model.backend()}"),
             ("setup (export or load, compile)", f"{setup:.1f} s")]
 
     def click_at(session, name: str) -> str:
