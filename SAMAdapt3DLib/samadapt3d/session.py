@@ -47,6 +47,20 @@ class _State:
     view_axis: int | None = None
 
 
+#: voxels per block when a probability is quantised for the history (a few MiB of float temporaries, not the
+#: volume's size: 2 x 300 MiB on a 512 x 512 x 300 CT)
+QUANTIZE_BLOCK_VOXELS = 1 << 20
+
+
+def _quantized(prob: np.ndarray) -> np.ndarray:
+    """round(clip(prob, 0, 1) * 255) as uint8, computed a block of slices at a time."""
+    out = np.empty(prob.shape, np.uint8)
+    step = max(1, QUANTIZE_BLOCK_VOXELS // max(1, int(np.prod(prob.shape[1:]))))
+    for k in range(0, prob.shape[0], step):
+        out[k:k + step] = np.round(np.clip(prob[k:k + step], 0, 1) * 255)
+    return out
+
+
 @dataclass(frozen=True)
 class _Stored:
     """A state in the undo / redo history, compact: the mask bit-packed (exact), the probability in
@@ -64,12 +78,15 @@ class _Stored:
         mask = state.mask
         prob = state.probability
         return cls(state.prompts, state.seed, tuple(mask.shape), np.packbits(mask, axis=None),
-                   None if prob is None else np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8), state.view_axis)
+                   None if prob is None else _quantized(prob), state.view_axis)
 
     def unpack(self) -> _State:
         count = int(np.prod(self.shape))
         mask = np.unpackbits(self.mask_bits, count=count).astype(bool).reshape(self.shape)
-        prob = None if self.probability_u8 is None else self.probability_u8.astype(np.float32) / 255.0
+        prob = None
+        if self.probability_u8 is not None:
+            prob = self.probability_u8.astype(np.float32)
+            prob /= 255.0  # in place: no second volume-sized array
         for arr in (mask, prob):
             if arr is not None:
                 arr.setflags(write=False)

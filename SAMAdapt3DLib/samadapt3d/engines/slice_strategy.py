@@ -53,8 +53,9 @@ if TYPE_CHECKING:
 
 #: a forced-in voxel's probability / a cut voxel's ceiling
 INSIDE, OUTSIDE = 1.0, 0.0
-#: objects kept per image (each a few slices of float32)
-MAX_OBJECTS = 512
+#: bytes of objects kept per image, the latest first (a lung on a 512 x 512 x 300 CT is ~220 MiB of float32
+#: slices: a count bound let every click add that much); an evicted object is recomputed when a run needs it
+MAX_OBJECT_BYTES = 512 << 20
 
 @dataclass
 class _Fold:
@@ -79,24 +80,27 @@ class SliceStrategy:
 
     def __init__(self, engine: "SliceEngine") -> None:
         self.engine = engine
-        self._objects: OrderedDict[tuple, tuple] = OrderedDict()
+        self._objects: OrderedDict[tuple, tuple[tuple, int]] = OrderedDict()  # key -> (object, its bytes)
+        self._object_bytes = 0
         self._last: _Fold | None = None
 
     def reset(self) -> None:
         """A new image: forget objects and the fold (the decode / embedding caches stay, keyed by content)."""
         self._objects.clear()
+        self._object_bytes = 0
         self._last = None
 
     def memo(self, key: tuple, make: Callable[[], tuple]) -> tuple:
         hit = self._objects.get(key)
         if hit is None:
             hit = make()
-            self._objects[key] = hit
-            while len(self._objects) > MAX_OBJECTS:
-                self._objects.popitem(last=False)
-        else:
-            self._objects.move_to_end(key)
-        return hit
+            self._objects[key] = (hit, _nbytes(hit))
+            self._object_bytes += self._objects[key][1]
+            while self._object_bytes > MAX_OBJECT_BYTES and len(self._objects) > 1:
+                self._object_bytes -= self._objects.popitem(last=False)[1][1]
+            return hit
+        self._objects.move_to_end(key)
+        return hit[0]
 
     def run(self, axis: int, prompts: ModelPrompts, seed: np.ndarray | None,
             progress: ProgressCallback | None, cancel: threading.Event | None,
@@ -475,3 +479,14 @@ class _Walk(SliceObjects):
             if lab and lab not in kept:
                 cut |= labels == lab
         return cut
+
+
+def _nbytes(value) -> int:
+    """Bytes of the arrays in a memoised object (tuples and dicts of arrays, numbers)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0

@@ -1,0 +1,55 @@
+"""What a long interactive session holds: the undo history's probabilities are quantised a block at a time (the
+same bytes as the whole-volume formula), and the slice strategy's object memo is bounded in bytes, not in count
+(a lung on a clinical CT is ~220 MiB of slices; a count bound let every click add that much)."""
+import numpy as np
+import pytest
+
+from samadapt3d import session as session_module
+from samadapt3d.engines import slice_strategy
+from samadapt3d.engines.slice_strategy import SliceStrategy
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 9), (1, 3, 3), (300, 4, 4)])
+def test_history_quantisation_equals_the_whole_volume_formula(shape, monkeypatch):
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(-0.2, 1.2, size=shape).astype(np.float32)
+    prob.flat[:6] = [0.5 / 255, 1.5 / 255, 0.0, 1.0, 254.5 / 255, np.float32(0.5)]  # rounding ties and the ends
+    expected = np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8)
+    monkeypatch.setattr(session_module, "QUANTIZE_BLOCK_VOXELS", 40)  # several blocks, a last partial one
+    got = session_module._quantized(prob)
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+    state = session_module._State((), None, prob > 0.5, prob, None)
+    restored = session_module._Stored.pack(state).unpack()
+    assert np.array_equal(restored.probability, expected.astype(np.float32) / 255.0)
+    assert not restored.probability.flags.writeable
+
+
+class _Engine:
+    pass
+
+
+def test_object_memo_is_bounded_in_bytes_and_keeps_the_latest(monkeypatch):
+    monkeypatch.setattr(slice_strategy, "MAX_OBJECT_BYTES", 3 * 1000 * 4 + 100)
+    strategy = SliceStrategy(_Engine())
+    made = []
+
+    def make(n):
+        def build():
+            made.append(n)
+            return ({k: np.full(1000, n, np.float32) for k in range(1)}, n)  # 4000 bytes each
+        return build
+
+    for n in range(6):
+        strategy.memo(("click", n), make(n))
+    assert made == list(range(6))
+    assert strategy._object_bytes <= slice_strategy.MAX_OBJECT_BYTES
+    assert [key[1] for key in strategy._objects] == [3, 4, 5]  # the oldest went first
+    obj, n = strategy.memo(("click", 5), make(5))  # a hit: not made again
+    assert made == list(range(6)) and n == 5 and obj[0][0] == 5
+    strategy.memo(("click", 0), make(0))  # evicted earlier: made again, equal
+    assert made[-1] == 0 and [key[1] for key in strategy._objects] == [4, 5, 0]
+    big = ({0: np.zeros(10_000, np.float32)},)
+    assert strategy.memo(("box",), lambda: big) is big  # larger than the budget on its own: still kept as the latest
+    assert list(strategy._objects) == [("box",)]
+    strategy.reset()
+    assert strategy._object_bytes == 0 and not strategy._objects
