@@ -1,10 +1,12 @@
 """What a long interactive session holds: the undo history's probabilities are quantised a block at a time (the
 same bytes as the whole-volume formula), and the slice strategy's object memo is bounded in bytes, not in count
-(a lung on a clinical CT is ~220 MiB of slices; a count bound let every click add that much)."""
+(a lung on a clinical CT is ~220 MiB of slices; a count bound let every click add that much); the byte-bounded LRU
+that memo and the other array caches share."""
 import numpy as np
 import pytest
 
 from samadapt3d import session as session_module
+from samadapt3d.byte_lru import ByteLRU
 from samadapt3d.engines import slice_strategy
 from samadapt3d.engines.slice_strategy import SliceStrategy
 
@@ -42,14 +44,29 @@ def test_object_memo_is_bounded_in_bytes_and_keeps_the_latest(monkeypatch):
     for n in range(6):
         strategy.memo(("click", n), make(n))
     assert made == list(range(6))
-    assert strategy._object_bytes <= slice_strategy.MAX_OBJECT_BYTES
-    assert [key[1] for key in strategy._objects] == [3, 4, 5]  # the oldest went first
+    assert strategy._objects.used_bytes <= slice_strategy.MAX_OBJECT_BYTES
+    assert [key[1] for key in strategy._objects.keys()] == [3, 4, 5]  # the oldest went first
     obj, n = strategy.memo(("click", 5), make(5))  # a hit: not made again
     assert made == list(range(6)) and n == 5 and obj[0][0] == 5
     strategy.memo(("click", 0), make(0))  # evicted earlier: made again, equal
-    assert made[-1] == 0 and [key[1] for key in strategy._objects] == [4, 5, 0]
+    assert made[-1] == 0 and [key[1] for key in strategy._objects.keys()] == [4, 5, 0]
     big = ({0: np.zeros(10_000, np.float32)},)
     assert strategy.memo(("box",), lambda: big) is big  # larger than the budget on its own: still kept as the latest
-    assert list(strategy._objects) == [("box",)]
+    assert list(strategy._objects.keys()) == [("box",)]
     strategy.reset()
-    assert strategy._object_bytes == 0 and not strategy._objects
+    assert strategy._objects.used_bytes == 0 and not strategy._objects
+
+
+def test_byte_lru_evicts_the_oldest_and_counts_a_replaced_entry_once():
+    lru = ByteLRU(10)
+    for key in "abc":
+        lru.put(key, key.upper(), 4)  # 12 bytes > 10: "a" goes
+    assert list(lru.keys()) == ["b", "c"] and lru.used_bytes == 8 and "a" not in lru
+    assert lru.get("b") == "B" and list(lru.keys()) == ["c", "b"]  # a hit is the most recent
+    lru.put("c", "C2", 5)  # replaced: counted once
+    assert lru.used_bytes == 9 and lru.get("c") == "C2" and len(lru) == 2 and lru.newest() == "C2"
+    lru.put("huge", "H", 100)  # over the bound on its own: kept, alone
+    assert list(lru.keys()) == ["huge"] and lru.used_bytes == 100
+    assert lru.get("missing") is None
+    lru.clear()
+    assert len(lru) == 0 and lru.used_bytes == 0 and lru.newest() is None

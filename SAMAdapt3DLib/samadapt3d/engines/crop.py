@@ -29,6 +29,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..byte_lru import ByteLRU
 from ..errors import CancelledError
 from ..preprocess import extract_crop, paste_max
 from .base import ModelPrompts, ProgressCallback
@@ -47,13 +48,12 @@ class CropEngine:
         self.crop_size = np.asarray(model.crop_size, dtype=int)
         self.max_crops = int(max_crops)
         self.cache_size = int(cache_size)
-        self.object_cache_bytes = int(object_cache_bytes)
         self.stride = np.maximum(1, self.crop_size - np.maximum(1, np.round(self.crop_size * overlap).astype(int)))
         self.lattice = np.maximum(1, self.crop_size // CROP_LATTICE_DIVISOR)
         self.image: np.ndarray | None = None
         self._features: OrderedDict[tuple[int, int, int], object] = OrderedDict()
-        self._objects: OrderedDict[tuple, tuple[tuple[slice, ...], np.ndarray]] = OrderedDict()
-        self._objects_bytes = 0
+        #: click -> (region, float16 probability inside it)
+        self._objects: ByteLRU[tuple[tuple[slice, ...], np.ndarray]] = ByteLRU(object_cache_bytes)
         self._composer = ClickComposer()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -61,13 +61,17 @@ class CropEngine:
         #: crop starts (d, h, w) decoded by the latest run, in the order they ran (for tests and display)
         self.last_crops: list[tuple[int, int, int]] = []
 
+    @property
+    def object_cache_bytes(self) -> int:
+        """The bound of the click-object cache."""
+        return self._objects.max_bytes
+
     # ---- Engine protocol ----------------------------------------------------------------------
     def set_image(self, image: np.ndarray, spacing=None) -> None:  # crops are in model voxels: spacing unused
         self.image = np.ascontiguousarray(image, dtype=np.float32)
         self._pad_value = float(self.image.min())
         self._features.clear()
         self._objects.clear()
-        self._objects_bytes = 0
         self._composer.reset()
         self.last_crops = []
 
@@ -108,7 +112,6 @@ class CropEngine:
         hit = self._objects.get(key)
         full = np.zeros(self.image.shape, dtype=np.float32)
         if hit is not None:
-            self._objects.move_to_end(key)
             region, values = hit
             full[region] = values
             return full
@@ -119,11 +122,7 @@ class CropEngine:
         if len(nonzero):
             region = tuple(slice(int(a), int(b) + 1) for a, b in zip(nonzero.min(axis=0), nonzero.max(axis=0)))
         values = full[region].astype(np.float16)  # 1e-3 steps: plenty for a probability thresholded at 0.5
-        self._objects[key] = (region, values)
-        self._objects_bytes += values.nbytes
-        while self._objects_bytes > self.object_cache_bytes and len(self._objects) > 1:
-            _, (_, old) = self._objects.popitem(last=False)
-            self._objects_bytes -= old.nbytes
+        self._objects.put(key, (region, values), values.nbytes)
         out = np.zeros_like(full)
         out[region] = values.astype(np.float32)  # the same values whether decoded now or read from the cache
         return out

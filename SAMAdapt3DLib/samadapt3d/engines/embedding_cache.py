@@ -15,7 +15,6 @@ import hashlib
 import os
 import threading
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +22,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ..byte_lru import ByteLRU
 from ..errors import CancelledError
 from ..families.base import SliceModel
 from ..runtime import EncoderRuntime
@@ -174,7 +174,6 @@ class SliceEmbeddingCache:
     def __init__(self, model: SliceModel, memory_bytes: int = DEFAULT_MEMORY_BYTES,
                  disk: DiskEmbeddingStore | str | None = None, stats: dict | None = None) -> None:
         self.model = model
-        self.memory_bytes = int(memory_bytes)
         self._disk = disk
         self.stats = stats if stats is not None else {}
         self.stats.setdefault("embedded", 0)
@@ -182,8 +181,7 @@ class SliceEmbeddingCache:
         self.stats.setdefault("disk_hits", 0)
         self.image: np.ndarray | None = None
         #: slice content key -> data; kept across set_image (the same scan re-oriented or reloaded)
-        self._memory: OrderedDict[tuple, SliceData] = OrderedDict()
-        self._used = 0
+        self._memory: ByteLRU[SliceData] = ByteLRU(memory_bytes)
         self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         self._lock = threading.RLock()
         self._prefetch: tuple[threading.Thread, threading.Event] | None = None
@@ -196,8 +194,13 @@ class SliceEmbeddingCache:
         return self._disk
 
     @property
+    def memory_bytes(self) -> int:
+        """The in-memory budget."""
+        return self._memory.max_bytes
+
+    @property
     def used_bytes(self) -> int:
-        return self._used
+        return self._memory.used_bytes
 
     def set_image(self, image: np.ndarray) -> None:
         self.stop_prefetch()
@@ -216,7 +219,6 @@ class SliceEmbeddingCache:
                 self._keys[(axis, index)] = key
             hit = self._memory.get(key)
             if hit is not None:
-                self._memory.move_to_end(key)
                 self.stats["cache_hits"] += 1
                 return hit
             if cancel is not None and cancel.is_set():
@@ -232,11 +234,7 @@ class SliceEmbeddingCache:
         return np.ascontiguousarray(np.take(self.image, index, axis=axis), dtype=np.float32)
 
     def _remember(self, key: tuple, data: SliceData) -> None:
-        self._memory[key] = data
-        self._used += data.nbytes
-        while self._used > self.memory_bytes and len(self._memory) > 1:
-            _, old = self._memory.popitem(last=False)
-            self._used -= old.nbytes
+        self._memory.put(key, data, data.nbytes)
 
     def content_key(self, axis: int, index: int, slice2d: np.ndarray) -> tuple:
         """What a slice's embedding depends on: its pixels, and for a model that embeds a slice with its
@@ -374,8 +372,8 @@ class SliceEmbeddingCache:
             missing = sum(not self.cached(axis, k) for k in indices)
             if not missing or not self._memory:
                 return False
-            entry = next(reversed(self._memory.values())).nbytes
-            return self._used + missing * entry > self.memory_bytes
+            entry = self._memory.newest().nbytes
+            return self._memory.used_bytes + missing * entry > self.memory_bytes
 
     def stop_prefetch(self) -> None:
         running = self._prefetch

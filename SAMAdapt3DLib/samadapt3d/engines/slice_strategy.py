@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..byte_lru import ByteLRU
 from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import label_components, nearer_to_negative
 from .slice_objects import SliceObject, SliceObjects
@@ -80,27 +80,20 @@ class SliceStrategy:
 
     def __init__(self, engine: "SliceEngine") -> None:
         self.engine = engine
-        self._objects: OrderedDict[tuple, tuple[tuple, int]] = OrderedDict()  # key -> (object, its bytes)
-        self._object_bytes = 0
+        self._objects: ByteLRU[tuple] = ByteLRU(MAX_OBJECT_BYTES)
         self._last: _Fold | None = None
 
     def reset(self) -> None:
         """A new image: forget objects and the fold (the decode / embedding caches stay, keyed by content)."""
         self._objects.clear()
-        self._object_bytes = 0
         self._last = None
 
     def memo(self, key: tuple, make: Callable[[], tuple]) -> tuple:
         hit = self._objects.get(key)
         if hit is None:
             hit = make()
-            self._objects[key] = (hit, _nbytes(hit))
-            self._object_bytes += self._objects[key][1]
-            while self._object_bytes > MAX_OBJECT_BYTES and len(self._objects) > 1:
-                self._object_bytes -= self._objects.popitem(last=False)[1][1]
-            return hit
-        self._objects.move_to_end(key)
-        return hit[0]
+            self._objects.put(key, hit, _nbytes(hit))
+        return hit
 
     def run(self, axis: int, prompts: ModelPrompts, seed: np.ndarray | None,
             progress: ProgressCallback | None, cancel: threading.Event | None,

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..byte_lru import ByteLRU
 from ..client.wire import mask_delta
 from ..errors import SAMAdapt3DError
 from ..session import InteractiveSession
@@ -47,9 +48,12 @@ class ImageStore:
     """sha256 -> voxel array (read-only); least recently used dropped past IMAGE_CACHE_BYTES."""
 
     def __init__(self, capacity_bytes: int = IMAGE_CACHE_BYTES) -> None:
-        self.capacity = capacity_bytes
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._items: ByteLRU[np.ndarray] = ByteLRU(capacity_bytes)
         self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self._items.max_bytes
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -57,22 +61,16 @@ class ImageStore:
 
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
-            array = self._items.get(key)
-            if array is not None:
-                self._items.move_to_end(key)
-            return array
+            return self._items.get(key)
 
     def put(self, key: str, array: np.ndarray) -> None:
         array.setflags(write=False)
         with self._lock:
-            self._items[key] = array
-            self._items.move_to_end(key)
-            while len(self._items) > 1 and self.nbytes > self.capacity:
-                self._items.popitem(last=False)
+            self._items.put(key, array, array.nbytes)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._items.values())
+        return self._items.used_bytes
 
     def __len__(self) -> int:
         return len(self._items)
