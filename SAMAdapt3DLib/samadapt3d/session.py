@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .boxed import BoxedArray
 from .engines.base import ModelPrompts, Preparable, Prefetching, PreviewCallback, Previewing
 from .errors import CancelledError, InputError
 from .preprocess import ModelSpace
@@ -43,7 +44,8 @@ class _State:
     prompts: tuple[Prompt, ...] = ()
     seed: np.ndarray | None = None  # bool [k, j, i] on the volume grid
     mask: np.ndarray | None = None  # bool [k, j, i]
-    probability: np.ndarray | None = None  # float32 [k, j, i]
+    #: float32 [k, j, i], held as the box of its nonzero voxels (the slice engine's is zero off the mask)
+    probability: BoxedArray | None = None
     view_axis: int | None = None
 
 
@@ -61,6 +63,12 @@ def _quantized(prob: np.ndarray) -> np.ndarray:
     return out
 
 
+def _dequantized(prob_u8: np.ndarray) -> np.ndarray:
+    prob = prob_u8.astype(np.float32)
+    prob /= 255.0  # in place: no second array of the box's size
+    return prob
+
+
 @dataclass(frozen=True)
 class _Stored:
     """A state in the undo / redo history, compact: the mask bit-packed (exact), the probability in
@@ -70,7 +78,7 @@ class _Stored:
     seed: np.ndarray | None
     shape: tuple[int, int, int]
     mask_bits: np.ndarray
-    probability_u8: np.ndarray | None
+    probability_u8: BoxedArray | None
     view_axis: int | None
 
     @classmethod
@@ -78,18 +86,13 @@ class _Stored:
         mask = state.mask
         prob = state.probability
         return cls(state.prompts, state.seed, tuple(mask.shape), np.packbits(mask, axis=None),
-                   None if prob is None else _quantized(prob), state.view_axis)
+                   None if prob is None else prob.map(_quantized), state.view_axis)
 
     def unpack(self) -> _State:
         count = int(np.prod(self.shape))
         mask = np.unpackbits(self.mask_bits, count=count).astype(bool).reshape(self.shape)
-        prob = None
-        if self.probability_u8 is not None:
-            prob = self.probability_u8.astype(np.float32)
-            prob /= 255.0  # in place: no second volume-sized array
-        for arr in (mask, prob):
-            if arr is not None:
-                arr.setflags(write=False)
+        mask.setflags(write=False)
+        prob = None if self.probability_u8 is None else self.probability_u8.map(_dequantized)
         return _State(self.prompts, self.seed, mask, prob, self.view_axis)
 
 
@@ -285,7 +288,13 @@ class InteractiveSession:
 
     @property
     def probability(self) -> np.ndarray | None:
-        return self._state.probability
+        """float32 [k, j, i] (a new read-only array each call), or None."""
+        boxed = self._state.probability
+        if boxed is None:
+            return None
+        prob = boxed.full()
+        prob.setflags(write=False)
+        return prob
 
     @property
     def prompts(self) -> list[Prompt]:
@@ -348,7 +357,8 @@ class InteractiveSession:
         if mask_kji is not None:
             seed = np.asarray(mask_kji)
             if seed.shape != volume.array.shape:
-                raise InputError(f"seed mask shape {seed.shape} does not match the image's {volume.array.shape} [k, j, i]")
+                raise InputError(f"seed mask shape {seed.shape} does not match the image's {volume.array.shape} "
+                                 "[k, j, i]")
             check_finite(seed, "the seed mask")
             seed = np.ascontiguousarray(seed > 0.5 if seed.dtype != np.bool_ else seed)
             seed.setflags(write=False)
@@ -377,7 +387,8 @@ class InteractiveSession:
         if seed is not None:
             seed_arr = np.asarray(seed) > 0.5 if np.asarray(seed).dtype != np.bool_ else np.asarray(seed)
             if seed_arr.shape != self.volume.array.shape:
-                raise InputError(f"seed mask shape {seed_arr.shape} does not match the image's {self.volume.array.shape}")
+                raise InputError(f"seed mask shape {seed_arr.shape} does not match the image's "
+                                 f"{self.volume.array.shape}")
         prompts = tuple(prompts)
         return self._change(lambda state: (prompts, state.seed if seed_arr is None else seed_arr))
 
@@ -437,7 +448,8 @@ class InteractiveSession:
         if not has_model_prompt:
             mask = np.zeros(volume.array.shape, dtype=bool) if seed is None else seed
             mask.setflags(write=False)
-            return _State(prompts, seed, mask, None if seed is None else mask.astype(np.float32), view_axis)
+            prob = None if seed is None else BoxedArray.of(mask).map(lambda m: m.astype(np.float32))
+            return _State(prompts, seed, mask, prob, view_axis)
         model_prompts = self.model_prompts(prompts, view_axis)
         model_seed = None if seed is None else space.mask_to_model(seed)
         self._report(0.0, "segmenting")
@@ -464,9 +476,10 @@ class InteractiveSession:
             raise CancelledError("segmentation cancelled")
         self._report(0.9, "mapping the result back to the image")
         probability = space.from_model(prob_model, linear=True)
+        del prob_model  # the engine may then reuse its array for the next prompt (engines/slice_strategy.py)
         mask = probability > 0.5
         mask.setflags(write=False)
-        probability.setflags(write=False)
+        probability = BoxedArray.of(probability)
         if cancel.is_set():
             raise CancelledError("segmentation cancelled")
         self._report(1.0, "done")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from samadapt3d import session as session_module
+from samadapt3d.boxed import BoxedArray
 from samadapt3d.byte_lru import ByteLRU
 from samadapt3d.engines import slice_strategy
 from samadapt3d.engines.slice_strategy import SliceStrategy
@@ -20,10 +21,10 @@ def test_history_quantisation_equals_the_whole_volume_formula(shape, monkeypatch
     monkeypatch.setattr(session_module, "QUANTIZE_BLOCK_VOXELS", 40)  # several blocks, a last partial one
     got = session_module._quantized(prob)
     assert got.dtype == np.uint8 and np.array_equal(got, expected)
-    state = session_module._State((), None, prob > 0.5, prob, None)
-    restored = session_module._Stored.pack(state).unpack()
-    assert np.array_equal(restored.probability, expected.astype(np.float32) / 255.0)
-    assert not restored.probability.flags.writeable
+    state = session_module._State((), None, prob > 0.5, BoxedArray.of(prob), None)
+    restored = session_module._Stored.pack(state).unpack().probability
+    assert np.array_equal(restored.full(), expected.astype(np.float32) / 255.0)
+    assert not restored.data.flags.writeable
 
 
 class _Engine:
@@ -70,3 +71,68 @@ def test_byte_lru_evicts_the_oldest_and_counts_a_replaced_entry_once():
     assert lru.get("missing") is None
     lru.clear()
     assert len(lru) == 0 and lru.used_bytes == 0 and lru.newest() is None
+
+
+def test_object_memo_holds_each_plane_as_its_box_and_gives_fresh_full_planes():
+    strategy = SliceStrategy(_Engine())
+    plane = np.zeros((64, 64), np.float32)
+    plane[10:14, 20:30] = 0.75
+    made = []
+
+    def build():
+        made.append(1)
+        return ({3: plane.copy(), 4: plane.copy()}, 3, plane > 0.5)
+
+    first = strategy.memo(("box",), build)
+    assert strategy._objects.used_bytes == 2 * 4 * 10 * 4 + 4 * 10  # two float32 boxes and one bool box
+    obj, k, mask = strategy.memo(("box",), build)
+    assert made == [1] and k == 3 and np.array_equal(obj[3], plane) and np.array_equal(obj[4], plane)
+    assert np.array_equal(mask, plane > 0.5) and obj[3].shape == (64, 64)
+    obj[3][:] = 1.0  # a caller's change stays its own
+    again, _, _ = strategy.memo(("box",), build)
+    assert np.array_equal(again[3], plane) and np.array_equal(first[0][4], plane)
+
+
+def _prompts(clicks):
+    from samadapt3d.engines.base import ModelPrompts
+
+    pos = [p for positive, p in clicks if positive]
+    neg = [p for positive, p in clicks if not positive]
+    return ModelPrompts(positive=np.asarray(pos, float).reshape(-1, 3), negative=np.asarray(neg, float).reshape(-1, 3),
+                        order=tuple("positive" if positive else "negative" for positive, _ in clicks))
+
+
+def test_the_fold_changes_in_place_only_when_no_earlier_result_refers_to_it():
+    """A click on a 512 x 512 x 300 CT no longer copies the 375 MiB fold, unless the caller still holds the earlier
+    result: that result never changes under it. A cancelled in-place run is forgotten, not half-kept."""
+    from test_slice_contract import make_engine, toy_volume
+
+    from samadapt3d.errors import CancelledError
+
+    clicks = [(True, (3, 10, 10)), (True, (3, 28, 10)), (False, (3, 5, 5))]
+    fresh = [make_engine(toy_volume()).run(_prompts(clicks[:n])).copy() for n in (1, 2, 3)]
+    engine = make_engine(toy_volume())
+
+    held = engine.run(_prompts(clicks[:1]))  # held: the next run must copy
+    kept = held.copy()
+    second = engine.run(_prompts(clicks[:2]))
+    assert np.array_equal(held, kept) and np.array_equal(held, fresh[0]) and np.array_equal(second, fresh[1])
+    assert not np.shares_memory(held, second)
+    del held, kept
+    address = second.__array_interface__["data"][0]  # an address: holding the array itself would lend it
+    del second  # nothing refers to the result: the next click works in the same array
+    third = engine.run(_prompts(clicks[:3]))
+    assert third.__array_interface__["data"][0] == address and np.array_equal(third, fresh[2])
+    del third
+
+    cancel = __import__("threading").Event()
+
+    def cancel_at_once(fraction, message):
+        cancel.set()
+        if fraction > 0:
+            raise CancelledError("cancelled")
+
+    with pytest.raises(CancelledError):
+        engine.run(_prompts(clicks[:3] + [(True, (3, 12, 26))]), progress=cancel_at_once, cancel=cancel)
+    assert engine.strategy._last is None
+    assert np.array_equal(engine.run(_prompts(clicks[:2])), fresh[1])  # recomputed from the kept objects

@@ -163,6 +163,8 @@ class SliceObjects:
                 continues = uniform and self.has_click_level(k, r, c, found > 0)
                 self.propagate(obj, k, found > 0, uniform=uniform, continues=continues)
                 self.refine(obj)
+                for p in obj.values():  # only its mask is ever added (SliceStrategy.add): the rest costs memo bytes
+                    p[p <= 0.5] = 0.0
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 

@@ -35,12 +35,14 @@ The fold after each run is kept: one more click costs one step, so N prompts cos
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..boxed import BoxedArray
 from ..byte_lru import ByteLRU
 from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import label_components, nearer_to_negative
@@ -53,9 +55,10 @@ if TYPE_CHECKING:
 
 #: a forced-in voxel's probability / a cut voxel's ceiling
 INSIDE, OUTSIDE = 1.0, 0.0
-#: bytes of objects kept per image, the latest first (a lung on a 512 x 512 x 300 CT is ~220 MiB of float32
-#: slices: a count bound let every click add that much); an evicted object is recomputed when a run needs it
-MAX_OBJECT_BYTES = 512 << 20
+#: bytes of objects kept per image, the latest first, each slice held as the box of its nonzero pixels (a lung on
+#: a 512 x 512 x 300 CT is ~220 MiB of float32 slices, ~45 MiB boxed); an evicted object is recomputed when a run
+#: needs it
+MAX_OBJECT_BYTES = 256 << 20
 
 @dataclass
 class _Fold:
@@ -67,6 +70,26 @@ class _Fold:
 
     def copy(self) -> "_Fold":
         return _Fold(self.key, self.prob.copy(), self.evidence.copy(), list(self.positives), list(self.negatives))
+
+    def lent(self) -> bool:
+        """Whether an array returned by `run` (or a view of one) still refers to `prob`: then the next run works on
+        a copy. Every numpy view, and every buffer exported from it, holds a reference to the array that owns the
+        memory, so a reference count above the fold's own says so."""
+        return _prob_references(self) > _OWN_REFERENCES
+
+
+def _prob_references(fold) -> int:
+    return sys.getrefcount(fold.prob)
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.prob = np.zeros(1)
+
+
+#: `_prob_references` where nothing but the attribute refers to the array: measured through the same call, as
+#: interpreters count a call's argument differently
+_OWN_REFERENCES = _prob_references(_Holder())
 
 
 def _seed_key(seed: np.ndarray | None) -> bytes:
@@ -89,11 +112,14 @@ class SliceStrategy:
         self._last = None
 
     def memo(self, key: tuple, make: Callable[[], tuple]) -> tuple:
+        """`make()`'s object for `key`, kept boxed: each call gets its own full arrays."""
         hit = self._objects.get(key)
         if hit is None:
-            hit = make()
-            self._objects.put(key, hit, _nbytes(hit))
-        return hit
+            made = make()
+            kept = _boxed(made)
+            self._objects.put(key, kept, _nbytes(kept))
+            return made
+        return _unboxed(hit)
 
     def run(self, axis: int, prompts: ModelPrompts, seed: np.ndarray | None,
             progress: ProgressCallback | None, cancel: threading.Event | None,
@@ -109,7 +135,12 @@ class SliceStrategy:
         keys = [base + tuple(clicks[:n]) for n in range(len(clicks) + 1)]
         last = self._last
         if last is not None and last.key in keys:
-            done, fold = keys.index(last.key), last.copy()
+            done = keys.index(last.key)
+            # in place when no earlier result still refers to it (a 512 x 512 x 300 fold is 375 MiB); until
+            # this run ends a cancel or an error would leave it half-changed, so it is forgotten meanwhile
+            fold = last.copy() if last.lent() else last
+            if fold is last:
+                self._last = None
         else:
             done, fold = 0, walk.start(seed, base)
         for n in range(done, len(clicks)):
@@ -474,9 +505,30 @@ class _Walk(SliceObjects):
         return cut
 
 
+def _boxed(value):
+    """A memoised object (tuples and dicts of arrays, numbers) with each plane or volume as a BoxedArray."""
+    if isinstance(value, np.ndarray) and value.ndim >= 2:
+        return BoxedArray.of(value)
+    if isinstance(value, dict):
+        return {k: _boxed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_boxed(v) for v in value)
+    return value
+
+
+def _unboxed(value):
+    if isinstance(value, BoxedArray):
+        return value.full()
+    if isinstance(value, dict):
+        return {k: _unboxed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_unboxed(v) for v in value)
+    return value
+
+
 def _nbytes(value) -> int:
     """Bytes of the arrays in a memoised object (tuples and dicts of arrays, numbers)."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, BoxedArray)):
         return value.nbytes
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
