@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .boxed import BoxedArray
+
 
 #: The one orientation 2D slice models see, whatever the file's direction matrix (ITK code, `parse_orientation`):
 #: "RAS", nibabel's canonical RAS+ voxel order, the layout of most public NIfTI CT data sets (what LiteMedSAM's
@@ -132,12 +134,30 @@ class AxisMap:
         return np.flip(out, axis=flips) if flips else out
 
     def inverse_array(self, array: np.ndarray) -> np.ndarray:
-        flips = [2 - a for a in range(3) if self.flip[a]]
+        flips, inverse = self._inverse_axes()
         out = np.flip(array, axis=flips) if flips else array
+        return np.transpose(out, inverse)
+
+    def _inverse_axes(self) -> tuple[list[int], list[int]]:
+        """`inverse_array`'s steps: the new array's axes to reverse, then the transposition (old array axis n is
+        new array axis inverse[n])."""
+        flips = [2 - a for a in range(3) if self.flip[a]]
         inverse = [0, 0, 0]
         for n in range(3):  # new array axis n holds old array axis 2 - source[2 - n]
             inverse[2 - self.source[2 - n]] = n
-        return np.transpose(out, inverse)
+        return flips, inverse
+
+    def inverse_boxed(self, boxed: BoxedArray) -> BoxedArray:
+        """`inverse_array` of `boxed.full()`, held as a box: only the box is re-oriented (exact)."""
+        flips, inverse = self._inverse_axes()
+        data = np.ascontiguousarray(self.inverse_array(boxed.data))
+        data.setflags(write=False)
+        shape = tuple(boxed.shape[a] for a in inverse)
+        if data.size == 0:
+            return BoxedArray(shape, (0, 0, 0), data)
+        start = tuple(boxed.shape[a] - boxed.start[a] - boxed.data.shape[a] if a in flips else boxed.start[a]
+                      for a in inverse)
+        return BoxedArray(shape, start, data)
 
     def forward_index(self, ijk) -> np.ndarray:
         pts = np.asarray(ijk, dtype=np.float64).reshape(-1, 3)
@@ -292,6 +312,13 @@ class ModelSpace:
             data = self._resample_back(data, linear)
         return np.ascontiguousarray(self.axis_map.inverse_array(data))
 
+    def boxed_from_model(self, array_dhw: np.ndarray, linear: bool = True) -> BoxedArray:
+        """`from_model`, held as its nonzero box. When not resampled the box is taken on the model grid and only
+        it is re-oriented, so no volume-sized float32 copy is made (300 MiB on a 512 x 512 x 300 CT)."""
+        if self.resampled:
+            return BoxedArray.of(self.from_model(array_dhw, linear))
+        return self.axis_map.inverse_boxed(BoxedArray.of(np.asarray(array_dhw, dtype=np.float32)))
+
     def _resample_back(self, data: np.ndarray, linear: bool) -> np.ndarray:
         from .volume import Volume
 
@@ -309,7 +336,8 @@ class ModelSpace:
             return out
         region = Volume(np.zeros(tuple((stop - start)[::-1]), dtype=np.uint8), self.oriented.spacing,
                         self.oriented.index_to_physical(start, "lps"), self.oriented.direction)
-        out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = resample_array(data, self.grid, region, linear=linear)
+        out[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = resample_array(data, self.grid, region,
+                                                                                   linear=linear)
         return out
 
 

@@ -475,11 +475,10 @@ class InteractiveSession:
         if cancel.is_set():
             raise CancelledError("segmentation cancelled")
         self._report(0.9, "mapping the result back to the image")
-        probability = space.from_model(prob_model, linear=True)
+        probability = space.boxed_from_model(prob_model, linear=True)
         del prob_model  # the engine may then reuse its array for the next prompt (engines/slice_strategy.py)
-        mask = probability > 0.5
+        mask = probability.map(lambda p: p > 0.5).full()
         mask.setflags(write=False)
-        probability = BoxedArray.of(probability)
         if cancel.is_set():
             raise CancelledError("segmentation cancelled")
         self._report(1.0, "done")

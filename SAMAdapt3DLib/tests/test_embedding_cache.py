@@ -358,3 +358,48 @@ def test_prefetch_builds_the_model_backends_first():
     cache.prefetch(0, 2)
     _wait_idle(cache)
     assert model.order == ["warm", 2, 3, 1, 4, 0]
+
+
+def _min_max(slice2d):
+    """The base SliceModel's rule written out: min-max to [0, 1]."""
+    s = np.asarray(slice2d, np.float64)
+    return (s - s.min()) / (s.max() - s.min())
+
+
+def test_an_entry_holds_its_embedding_only_and_its_normalised_slice_is_read_from_the_image():
+    vol = (np.random.default_rng(3).integers(-1000, 2000, (5, 16, 12))).astype(np.int16)  # a CT-like int16 volume
+    cache = SliceEmbeddingCache(Tiny())
+    cache.set_image(vol)
+    for axis, index in [(0, 1), (1, 7), (2, 11), (2, 0)]:
+        data = cache.get(axis, index)
+        assert data.nbytes == data.packed.numel() * data.packed.element_size()
+        image01 = data.image01
+        assert image01.dtype == np.float32 and not image01.flags.writeable
+        np.testing.assert_allclose(image01, _min_max(np.take(vol, index, axis=axis)), atol=1e-6)
+    assert cache.used_bytes == sum(cache.get(a, k).nbytes for a, k in [(0, 1), (1, 7), (2, 11), (2, 0)])
+
+
+def test_a_kept_entry_found_again_in_a_reordered_copy_reads_its_slice_there():
+    vol = _volume(depth=6, seed=4)
+    cache = SliceEmbeddingCache(Tiny())
+    cache.set_image(vol)
+    old = cache.get(0, 1)
+    cache.set_image(vol[::-1].copy())  # slice 1 is now slice 4
+    with pytest.raises(RuntimeError):
+        old.image01  # not bound to the new image until looked up there
+    again = cache.get(0, 4)
+    assert again is old
+    np.testing.assert_allclose(again.image01, _min_max(vol[1]), atol=1e-6)
+
+
+def test_normalised_slices_kept_stay_within_their_bound():
+    from samadapt3d.engines.embedding_cache import NormalisedSlices
+
+    vol = _volume(depth=40, seed=5)
+    cache = SliceEmbeddingCache(Tiny())
+    cache._normalised = NormalisedSlices(Tiny.normalize_slice, max_bytes=3 * 16 * 16 * 4)
+    cache.set_image(vol)
+    for k in range(40):
+        np.testing.assert_allclose(cache.get(0, k).image01, _min_max(vol[k]), atol=1e-6)
+    assert cache._normalised._recent.used_bytes <= 3 * 16 * 16 * 4
+    np.testing.assert_allclose(cache.get(0, 0).image01, _min_max(vol[0]), atol=1e-6)  # computed again

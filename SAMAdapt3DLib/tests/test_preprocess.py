@@ -142,3 +142,35 @@ def test_resampling_back_only_near_the_object_equals_the_full_resampling():
     full = space.axis_map.inverse_array(resample_array(prob, space.grid, space.oriented, linear=True))
     assert np.allclose(space.from_model(prob), full, atol=1e-6)
     assert not space.from_model(np.zeros(space.shape, np.float32)).any()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(PERMS), st.tuples(*[st.sampled_from([-1, 1])] * 3), st.sampled_from(CODES),
+       st.tuples(*[st.integers(1, 6)] * 3), st.integers(0, 2**32 - 1), st.floats(0.0, 0.6))
+def test_a_boxed_probability_comes_back_on_the_same_voxels(perm, signs, code, shape, seed, density):
+    """boxed_from_model (the session's path, only the box re-oriented) holds what from_model gives, in the
+    tightest box, on every axis map; voxel by voxel against index_to_model."""
+    rng = np.random.default_rng(seed)
+    vol = Volume(np.zeros(shape, np.float32), (1, 1, 1), (0, 0, 0), signed_permutation(perm, signs))
+    space = ModelSpace(vol, Preset("t", spacing=None, orientation=code, normalization="none"))
+    assert not space.resampled
+    prob = ((rng.random(space.shape) < density) * rng.uniform(0.1, 1.0, space.shape)).astype(np.float32)
+    boxed = space.boxed_from_model(prob)
+    back = boxed.full()
+    assert back.shape == vol.array.shape and not boxed.data.flags.writeable
+    for i, j, k in np.ndindex(*vol.size_ijk):
+        d, h, w = space.index_to_model([[i, j, k]])[0].round().astype(int)
+        assert back[k, j, i] == prob[d, h, w]
+    nonzero = np.argwhere(back != 0)
+    if len(nonzero):
+        assert boxed.start == tuple(nonzero.min(axis=0)) and boxed.data.shape == tuple(np.ptp(nonzero, axis=0) + 1)
+    else:
+        assert boxed.data.size == 0
+
+
+def test_a_boxed_probability_on_a_resampled_grid_is_the_resampled_one():
+    coarse = Volume(np.zeros((10, 40, 40), np.float32), (0.5, 0.5, 2.0))
+    space = ModelSpace(coarse, Preset("t", spacing=(1.0, 1.0, 1.0), orientation="LPS", normalization="none"))
+    blob = np.zeros(space.shape, np.float32)
+    blob[5:15, 4:12, 6:16] = 0.8
+    assert np.array_equal(space.boxed_from_model(blob).full(), space.from_model(blob))

@@ -12,6 +12,7 @@ they are kept as float16 (2 MiB per LiteMedSAM slice instead of 4 MiB), so a 300
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import uuid
@@ -42,22 +43,78 @@ PREFETCH_BATCH_GPU = 16
 _DISK_MAGIC = b"SA3DEMB1"
 
 
-@dataclass
+#: bytes of normalised slices kept (`SliceData.image01`): a step reads a few slices many times
+RECENT_NORMALISED_BYTES = 32 << 20
+_TOKENS = itertools.count()
+
+
+class NormalisedSlices:
+    """The slices of the current image normalised to [0, 1] (the model's `normalize_slice`), computed when read and
+    the latest few kept, so that an embedding in memory does not also hold its slice as float32 (1 MiB per
+    512 x 512 slice). The cache binds each SliceData it hands out to its place in the current image."""
+
+    def __init__(self, normalize: Callable[[np.ndarray], np.ndarray],
+                 max_bytes: int = RECENT_NORMALISED_BYTES) -> None:
+        self._normalize = normalize
+        self._image: np.ndarray | None = None
+        self._where: dict[int, tuple[int, int]] = {}  # SliceData token -> (axis, index) in the current image
+        self._recent: ByteLRU[np.ndarray] = ByteLRU(max_bytes)
+        self._lock = threading.Lock()
+
+    def set_image(self, image: np.ndarray | None) -> None:
+        with self._lock:
+            self._image = image
+            self._where.clear()
+            self._recent.clear()
+
+    def bind(self, data: "SliceData", axis: int, index: int) -> None:
+        with self._lock:
+            self._where[data.token] = (axis, index)
+
+    def of(self, data: "SliceData") -> np.ndarray:
+        """`data`'s slice normalised (float32, read-only)."""
+        with self._lock:
+            hit = self._recent.get(data.token)
+            where = self._where.get(data.token)
+            image = self._image
+        if hit is not None:
+            return hit
+        if where is None or image is None:
+            raise RuntimeError("this slice is not in the current image: look it up in the cache again")
+        axis, index = where
+        # the float32 slice the embedding was made from (SliceEmbeddingCache.slice2d), so the same values
+        source = np.ascontiguousarray(image[(slice(None),) * axis + (index,)], dtype=np.float32)
+        out = np.asarray(self._normalize(source), dtype=np.float32)
+        out.setflags(write=False)
+        with self._lock:
+            self._recent.put(data.token, out, out.nbytes)
+        return out
+
+
+@dataclass(eq=False)
 class SliceData:
-    """One slice ready for decoding: its embedding (kept packed), the model transform, the normalised slice."""
+    """One slice ready for decoding: its embedding (kept packed), the model transform, and its slice normalised
+    to [0, 1] for the click scores (`image01`, computed from the image when read)."""
 
     packed: torch.Tensor  # [1, C, h, w], float32 or COMPACT_DTYPE
     transform: object
-    image01: np.ndarray  # the slice min-max normalised to [0, 1], for the click scores
+    normalised: NormalisedSlices
     nbytes: int = field(init=False)
+    token: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.nbytes = self.packed.numel() * self.packed.element_size() + self.image01.nbytes
+        self.nbytes = self.packed.numel() * self.packed.element_size()
+        self.token = next(_TOKENS)
 
     @property
     def embedding(self) -> torch.Tensor:
         """Float32 embedding [1, C, h, w] for the decoder."""
         return self.packed if self.packed.dtype == torch.float32 else self.packed.float()
+
+    @property
+    def image01(self) -> np.ndarray:
+        """The slice min-max normalised to [0, 1] (float32, read-only)."""
+        return self.normalised.of(self)
 
 
 class DiskEmbeddingStore:
@@ -182,6 +239,7 @@ class SliceEmbeddingCache:
         self.image: np.ndarray | None = None
         #: slice content key -> data; kept across set_image (the same scan re-oriented or reloaded)
         self._memory: ByteLRU[SliceData] = ByteLRU(memory_bytes)
+        self._normalised = NormalisedSlices(model.normalize_slice)
         self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         self._lock = threading.RLock()
         self._prefetch: tuple[threading.Thread, threading.Event] | None = None
@@ -207,6 +265,7 @@ class SliceEmbeddingCache:
         with self._lock:
             self.image = image
             self._keys.clear()
+            self._normalised.set_image(image)
 
     # ---- lookups ---------------------------------------------------------------------------------
     def get(self, axis: int, index: int, cancel: threading.Event | None = None) -> SliceData:
@@ -220,12 +279,14 @@ class SliceEmbeddingCache:
             hit = self._memory.get(key)
             if hit is not None:
                 self.stats["cache_hits"] += 1
+                self._normalised.bind(hit, axis, index)
                 return hit
             if cancel is not None and cancel.is_set():
                 raise CancelledError("segmentation cancelled")
             if slice2d is None:
                 slice2d = self.slice2d(axis, index)
             data = self._load_or_embed(axis, index, key, slice2d)
+            self._normalised.bind(data, axis, index)
             self._remember(key, data)
             return data
 
@@ -271,24 +332,21 @@ class SliceEmbeddingCache:
         packed = self.disk.get(disk_key) if disk_key is not None else None
         if packed is not None:
             self.stats["disk_hits"] += 1
-            return SliceData(packed.to(model.device), transform, self._image01(slice2d))
+            return SliceData(packed.to(model.device), transform, self._normalised)
         with torch.no_grad():
             if self._embeds_in_volume():
                 embedding = model.embed_in_volume(self.image, axis, index).detach()
             else:
                 embedding = model.embed(tensor[None]).detach()
-        data = self._pack(embedding, transform, slice2d)
+        data = self._pack(embedding, transform)
         self.stats["embedded"] += 1
         if disk_key is not None:
             self.disk.put(disk_key, data.packed)
         return data
 
-    def _pack(self, embedding: torch.Tensor, transform: object, slice2d: np.ndarray) -> SliceData:
+    def _pack(self, embedding: torch.Tensor, transform: object) -> SliceData:
         packed = embedding.to(COMPACT_DTYPE) if self._compact() else embedding.float()
-        return SliceData(packed.contiguous(), transform, self._image01(slice2d))
-
-    def _image01(self, slice2d: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.normalize_slice(slice2d), np.float32)
+        return SliceData(packed.contiguous(), transform, self._normalised)
 
     def get_many(self, axis: int, indices: list[int], cancel: threading.Event | None = None) -> list[SliceData]:
         """Like `get` for several slices; the ones to embed go through the encoder as one batch (GPU
@@ -319,8 +377,9 @@ class SliceEmbeddingCache:
                 with torch.no_grad():
                     batch = self.model.embed(torch.stack([t for t, _ in prepared])).detach()
                 identity = self._identity()
-                for n, ((k, key), s2d) in enumerate(zip(todo, slices)):
-                    data = self._pack(batch[n:n + 1], prepared[n][1], s2d)
+                for n, (k, key) in enumerate(todo):
+                    data = self._pack(batch[n:n + 1], prepared[n][1])
+                    self._normalised.bind(data, axis, k)
                     self.stats["embedded"] += 1
                     if identity is not None:
                         self.disk.put(self._disk_key(identity, key), data.packed)

@@ -28,6 +28,7 @@ All arrays here are "slicing-axis first": [slices, rows, cols].
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -215,8 +216,8 @@ class SliceObjects:
         if cfg.appearance_band <= 0 or not obj:
             return
         masks = {k: p > 0.5 for k, p in obj.items()}
-        images = {k: self.e.slice_data(self.axis, k, self.cancel).image01 for k in masks}
-        refined, check = refine_by_appearance(images, masks, self.band_width(masks), cfg.appearance_separation)
+        refined, check = refine_by_appearance(_SliceImages(self, masks), masks, self.band_width(masks),
+                                              cfg.appearance_separation)
         _note(kind="appearance", core_inside=check.core_inside, far_outside=check.far_outside, used=check.used)
         if not check.used:
             return
@@ -467,6 +468,26 @@ class SliceObjects:
         if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
             return "adds nothing"  # the correction has ended
         return ""
+
+
+class _SliceImages(Mapping):
+    """The normalised images of an object's slices, each read when asked (not all held at once: on a lung that
+    would be a few hundred MiB)."""
+
+    def __init__(self, walk: SliceObjects, slices: Iterable[int]) -> None:
+        self._walk, self._slices = walk, list(slices)
+        self._known = set(self._slices)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k not in self._known:
+            raise KeyError(k)
+        return self._walk.e.slice_data(self._walk.axis, k, self._walk.cancel).image01
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._slices)
+
+    def __len__(self) -> int:
+        return len(self._slices)
 
 
 def _decided(p: np.ndarray, mask: np.ndarray) -> np.ndarray:
