@@ -14,9 +14,6 @@ import torch
 from samadapt3d.engines.embedding_cache import (
     CACHE_DIR_ENV, DISK_CACHE_ENV, DiskEmbeddingStore, SliceEmbeddingCache, outward_order, user_cache_dir)
 from samadapt3d.engines.slices import SliceEngine
-from samadapt3d.families.base import SliceModel
-from samadapt3d.preprocess import Preset
-from samadapt3d.runtime import EncoderRuntime
 
 TINY_MODEL = textwrap.dedent('''
     import numpy as np, torch
@@ -403,3 +400,51 @@ def test_normalised_slices_kept_stay_within_their_bound():
         np.testing.assert_allclose(cache.get(0, k).image01, _min_max(vol[k]), atol=1e-6)
     assert cache._normalised._recent.used_bytes <= 3 * 16 * 16 * 4
     np.testing.assert_allclose(cache.get(0, 0).image01, _min_max(vol[0]), atol=1e-6)  # computed again
+
+
+class _Releasing(_Ordered):
+    """_Ordered that records, at each release_memory, how many slices it had embedded."""
+
+    def __init__(self, delay=0.0):
+        super().__init__(delay=delay)
+        self.released = []
+
+    def release_memory(self):
+        self.released.append(len(self.order))
+
+
+def test_the_encoder_gives_its_memory_back_when_nothing_is_left_to_embed():
+    from samadapt3d.engines.base import ModelPrompts
+
+    model = _Releasing()
+    cache = SliceEmbeddingCache(model)
+    cache.set_image(_numbered(12))
+    cache.prefetch(0, 6)
+    _wait_idle(cache)
+    assert model.released == [12]  # after the last slice, once
+    full = _Releasing()
+    small = SliceEmbeddingCache(full, memory_bytes=3 * 8 * 4 * 4 * 4)  # three float32 [1, 8, 4, 4] entries
+    small.set_image(_numbered(12))
+    small.prefetch(0, 6)
+    _wait_idle(small)
+    assert full.released == [3]  # the budget full: nothing more to embed
+    slow = _Releasing(delay=0.05)
+    stopped = SliceEmbeddingCache(slow)
+    stopped.set_image(_numbered(30))
+    stopped.prefetch(0, 0)
+    time.sleep(0.1)
+    stopped.stop_prefetch()  # what a click does: it embeds next, so nothing is given back
+    assert slow.released == []
+
+    engine_model = _Releasing()
+    engine = SliceEngine(engine_model, disk_cache=None)
+    engine.set_image(_numbered(20))
+    engine.strategy.run = lambda axis, prompts, *rest: np.zeros(engine.image.shape, np.float32)
+    engine.run(ModelPrompts(positive=[[5.0, 8.0, 8.0]]))
+    assert engine_model.released == [0]  # a run without background embedding: given back after it
+    engine.prefetch(axis=0, centre=0)
+    _wait_idle(engine.embeddings)
+    count = len(engine_model.released)
+    engine.run(ModelPrompts(positive=[[5.0, 8.0, 8.0]]))  # the prefetch restarts after the run instead
+    _wait_idle(engine.embeddings)
+    assert engine_model.released[count:] == [20]  # given back by the restarted prefetch, when it is done

@@ -165,3 +165,20 @@ def test_precision_is_checked_and_applied():
     with pytest.raises(InputError):
         apply_precision(torch.nn.Linear(2, 2), "bf16")  # a model without a choice: fp32 only
     assert apply_precision(model, None) is model and set(PRECISIONS) == {"auto", "fp32", "bf16"}
+
+
+def test_released_working_memory_gives_the_same_embeddings(tiny_encoder, images, ov_folder, monkeypatch):
+    """EncoderRuntime.release_memory between clicks: OpenVINO's buffers go, the next call is bit-identical."""
+    _need_openvino()
+    monkeypatch.setenv("SAMADAPT3D_CACHE_DIR", str(ov_folder))
+    monkeypatch.setattr(encoders, "choose_backend", lambda precision, device: BackendChoice("openvino", "fp32"))
+    runner = EncoderRunner(tiny_encoder, 64, precision="auto")
+    runner.release_memory()  # nothing built yet: nothing to do
+    with torch.no_grad():
+        before = runner(images)
+        runner.release_memory()
+        after = runner(images)
+        runner.release_memory()
+        runner.release_memory()  # twice in a row is harmless
+        again = runner(images)
+    assert torch.equal(before, after) and torch.equal(after, again)

@@ -31,7 +31,7 @@ from ..runtime.paths import CACHE_DIR_ENV, user_cache_dir  # noqa: F401  (CACHE_
 
 #: env var: "0"/"off" disables the on-disk embedding store
 DISK_CACHE_ENV = "SAMADAPT3D_EMBEDDING_CACHE"
-#: default in-memory budget: a 512x512x300 CT at float16 (300 x 2.5 MiB) fits
+#: default in-memory budget: a 512x512x300 CT at float16 (300 x 2 MiB) fits
 DEFAULT_MEMORY_BYTES = 1 << 30
 #: default on-disk budget
 DEFAULT_DISK_BYTES = 2 << 30
@@ -411,12 +411,16 @@ class SliceEmbeddingCache:
                     self.model.warm_backends()
             try:
                 for start in range(0, len(order), step):
-                    if cancel.is_set() or self._full(axis, order[start:start + step]):
+                    if cancel.is_set():
+                        return  # a click: it embeds what it needs next
+                    if self._full(axis, order[start:start + step]):
+                        self.release_backend_memory()
                         return
                     self.get_many(axis, order[start:start + step], cancel)
                     done += len(order[start:start + step])
             except CancelledError:
                 return
+            self.release_backend_memory()
             if on_done is not None:
                 on_done(done)
 
@@ -424,6 +428,12 @@ class SliceEmbeddingCache:
         self._prefetch = (thread, cancel)
         thread.start()
         return cancel
+
+    def release_backend_memory(self) -> None:
+        """Nothing left to embed for now: the encoder backend gives its working memory back."""
+        if isinstance(self.model, EncoderRuntime):
+            with self._lock:  # not during an embedding
+                self.model.release_memory()
 
     def _full(self, axis: int, indices: list[int]) -> bool:
         """Embedding `indices` would push an entry out of memory (sized like the last entry stored)."""

@@ -192,6 +192,8 @@ class SliceEngine:
             if background and self._background:
                 focus = self._focus(prompts, axis)
                 self.embeddings.prefetch(axis, self.image.shape[axis] // 2 if focus is None else focus)
+            else:  # nothing embeds until the next click: its buffers need not stay while the result is made
+                self.embeddings.release_backend_memory()
         return np.ascontiguousarray(np.moveaxis(prob, 0, axis))
 
     def _check_inside(self, prompts: ModelPrompts) -> None:

@@ -122,6 +122,10 @@ class LiteMedSAM(SliceModel, EncoderRuntime):
     def embeddings_exact(self) -> bool:
         return self.backend() == "torch-fp32"
 
+    def release_memory(self) -> None:
+        if self._runner is not None:
+            self._runner.release_memory()
+
     def embedding_identity(self) -> str | None:
         if self._runner is None:
             return None

@@ -38,6 +38,11 @@ class EncoderRuntime:
         """Build (export at first use, compile) the accelerated backends now, e.g. in a background thread before
         the first click; nothing to do by default."""
 
+    def release_memory(self) -> None:
+        """Give back the encoder backend's working memory while nothing is left to embed (OpenVINO keeps ~250 MiB
+        of buffers after an inference); the next embedding allocates it again, with the same result. Nothing to
+        do by default."""
+
 
 def _check_fp32_only(name: str, precision: str) -> None:
     if precision not in PRECISIONS:

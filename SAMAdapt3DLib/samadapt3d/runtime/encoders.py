@@ -102,6 +102,9 @@ class TorchEncoder:
         with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
             return self.module(images).float()
 
+    def release_memory(self) -> None:
+        """PyTorch frees its buffers after each call: nothing held."""
+
 
 class OpenVINOEncoder:
     """An OpenVINO CPU model compiled from the module's IR (exported once per weights into `folder`)."""
@@ -114,7 +117,8 @@ class OpenVINOEncoder:
 
         self.precision = precision
         root = (folder or user_cache_dir() / "encoders")
-        self.ir_path = root / f"{type(module).__name__.lower()}-{digest[:24]}-ov{ov.__version__.split('-')[0]}" / "encoder.xml"
+        version = ov.__version__.split("-")[0]
+        self.ir_path = root / f"{type(module).__name__.lower()}-{digest[:24]}-ov{version}" / "encoder.xml"
         if not self.ir_path.is_file():
             export_openvino_ir(module, image_size, self.ir_path)
         core = ov.Core()
@@ -130,6 +134,11 @@ class OpenVINOEncoder:
             result = self._request.infer({0: array})
             out = next(iter(result.values()))
             return torch.from_numpy(out.copy())
+
+    def release_memory(self) -> None:
+        """The compiled model's buffers between layers, given back until the next call (+60 ms then)."""
+        with self._lock:
+            self.compiled.release_memory()
 
 
 def save_ir_atomically(path: Path, convert: Callable[[], object]) -> None:
@@ -207,6 +216,11 @@ class EncoderRunner:
         if learning or self.precision == "fp32":
             return self.module(images)  # training and the exact path: the module itself
         return self._build(images.device)(images)
+
+    def release_memory(self) -> None:
+        """The built backend's working memory (see EncoderRuntime.release_memory)."""
+        if self._built is not None:
+            self._built[4].release_memory()
 
     def _build(self, device: torch.device):
         fingerprint = weights_fingerprint(self.module)
