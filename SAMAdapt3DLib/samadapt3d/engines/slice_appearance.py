@@ -15,7 +15,7 @@ Images are min-max normalised slices ([0, 1], `SliceData.image01`); masks are 2D
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -42,10 +42,21 @@ class AppearanceCheck:
     used: bool
 
 
-def _histogram(values: np.ndarray) -> np.ndarray:
-    counts = np.bincount(_bins(values), minlength=BINS).astype(np.float64)
+def _histogram(parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The smoothed, normalised histogram of all the values in `parts` (counted part by part: the same counts as
+    of their concatenation, without it: a lung's ring holds tens of millions of values)."""
+    counts = sum(np.bincount(_bins(values), minlength=BINS) for values in parts).astype(np.float64)
     counts = np.convolve(counts, SMOOTHING, mode="same") + FLOOR
     return counts / counts.sum()
+
+
+def _fraction(parts: Iterable[np.ndarray]) -> tuple[int, int]:
+    """(True values, values) over bool arrays."""
+    true = total = 0
+    for values in parts:
+        true += int(np.count_nonzero(values))
+        total += int(values.size)
+    return true, total
 
 
 def _bins(values: np.ndarray) -> np.ndarray:
@@ -76,12 +87,13 @@ def refine_by_appearance(images: Mapping[int, np.ndarray], masks: dict[int, np.n
         band[k] = grown & ~core[k]
         ring[k] = grown & ~m
         far_ring[k] = dilate(m, FAR_RING * width) & ~grown
-    inside = _histogram(np.concatenate([image[k][core[k]] for k in slices]))
-    outside = _histogram(np.concatenate([image[k][ring[k] | far_ring[k]] for k in slices]))
+    inside = _histogram(image[k][core[k]] for k in slices)
+    outside = _histogram(image[k][ring[k] | far_ring[k]] for k in slices)
     likely = {k: inside[_bins(image[k])] > outside[_bins(image[k])] for k in slices}
-    core_in = float(np.mean(np.concatenate([likely[k][core[k]] for k in slices])))
-    far_values = np.concatenate([likely[k][far_ring[k]] for k in slices])
-    far_out = 1.0 - float(np.mean(far_values)) if far_values.size else 0.0
+    true, total = _fraction(likely[k][core[k]] for k in slices)
+    core_in = true / total
+    true, total = _fraction(likely[k][far_ring[k]] for k in slices)
+    far_out = 1.0 - true / total if total else 0.0
     check = AppearanceCheck(core_in, far_out, (core_in + far_out) / 2 >= separation)
     if not check.used:
         return masks, check
