@@ -182,3 +182,22 @@ def test_released_working_memory_gives_the_same_embeddings(tiny_encoder, images,
         runner.release_memory()  # twice in a row is harmless
         again = runner(images)
     assert torch.equal(before, after) and torch.equal(after, again)
+
+
+def test_an_export_gives_the_freed_heap_back(tiny_encoder, images, tmp_path, monkeypatch):
+    """Tracing and converting leave hundreds of MiB freed but held: each IR export trims the heap once."""
+    import platform
+
+    from samadapt3d.runtime.heap import trim_heap
+
+    _need_openvino()
+    assert trim_heap() is (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+    trims = []
+    monkeypatch.setattr(encoders, "trim_heap", lambda: trims.append(1) or True)
+    monkeypatch.setenv("SAMADAPT3D_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(encoders, "choose_backend", lambda precision, device: BackendChoice("openvino", "fp32"))
+    with torch.no_grad():
+        EncoderRunner(tiny_encoder, 64, precision="auto")(images)
+        assert trims == [1]
+        EncoderRunner(tiny_encoder, 64, precision="auto")(images)  # the IR is there: no export, no trim
+    assert trims == [1]
