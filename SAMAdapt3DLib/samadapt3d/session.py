@@ -297,6 +297,11 @@ class InteractiveSession:
         return prob
 
     @property
+    def has_probability(self) -> bool:
+        """Whether `probability` is an array (asking costs nothing; `probability` builds the full array)."""
+        return self._state.probability is not None
+
+    @property
     def prompts(self) -> list[Prompt]:
         return list(self._state.prompts)
 

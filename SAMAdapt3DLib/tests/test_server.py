@@ -65,7 +65,8 @@ def assert_same(remote, local, returned=None):
     assert (remote.seed_mask is None) == (local.seed_mask is None)
     if local.seed_mask is not None:
         assert np.array_equal(remote.seed_mask, local.seed_mask)
-    assert (remote.probability is None) == (local.probability is None)
+    assert (remote.probability is None) == (local.probability is None) == (not remote.has_probability)
+    assert remote.has_probability == local.has_probability
     if local.probability is not None:
         assert remote.probability.dtype == np.float32 and np.array_equal(remote.probability, local.probability)
 

@@ -90,7 +90,7 @@ def test_resampling_preset_lands_on_the_object():
     s.set_image(vol)
     assert s.space.resampled and s.space.shape == (24, 20, 22)
     assert np.array_equal(s.add_point((20, 20, 6)), truth)
-    assert s.probability.shape == arr.shape and s.probability.dtype == np.float32
+    assert s.probability.shape == arr.shape and s.probability.dtype == np.float32 and s.has_probability
     strict = session_for(vol, crop=(16, 16, 16), preset=preset).add_point((20, 20, 6))
     inner = truth.copy()
     inner[3] = inner[8] = False
@@ -135,7 +135,7 @@ def test_prompts_and_view_axis_reach_the_engine_in_model_coordinates():
 def test_prompt_list_remove_undo_redo_reset():
     arr = phantom()
     s = session_for(Volume(arr))
-    assert not s.can_undo and not s.mask.any() and s.probability is None
+    assert not s.can_undo and not s.mask.any() and s.probability is None and not s.has_probability
     m1 = s.add_point((5, 5, 3)).copy()
     m2 = s.add_point((12, 12, 10)).copy()
     assert np.array_equal(m2, (arr == 100) | (arr == 200))

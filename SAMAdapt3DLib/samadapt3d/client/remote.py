@@ -121,6 +121,11 @@ class RemoteSession:
         return self._seed
 
     @property
+    def has_probability(self) -> bool:
+        """Whether `probability` is an array (the server says so with each mask; asking fetches nothing)."""
+        return bool(self._flags["has_probability"]) and self.volume is not None
+
+    @property
     def can_undo(self) -> bool:
         return self._flags["can_undo"]
 

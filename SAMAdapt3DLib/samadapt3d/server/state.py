@@ -186,7 +186,7 @@ class ServerSession:
             "version": self.version, "image": True, "delta": delta.to_json(),
             "prompts": [{"kind": p.kind, "ijk": list(p.ijk), "ijk_end": None if p.ijk_end is None else list(p.ijk_end),
                          "view_axis": p.view_axis} for p in s.prompts],
-            "can_undo": s.can_undo, "can_redo": s.can_redo, "has_probability": s.probability is not None,
+            "can_undo": s.can_undo, "can_redo": s.can_redo, "has_probability": s.has_probability,
             "has_seed": seed is not None, "seed_version": self.seed_version,
         }
 
