@@ -394,7 +394,7 @@ def test_normalised_slices_kept_stay_within_their_bound():
 
     vol = _volume(depth=40, seed=5)
     cache = SliceEmbeddingCache(Tiny())
-    cache._normalised = NormalisedSlices(Tiny.normalize_slice, max_bytes=3 * 16 * 16 * 4)
+    cache._normalised = NormalisedSlices(Tiny.normalize_slice, cache.slice2d, max_bytes=3 * 16 * 16 * 4)
     cache.set_image(vol)
     for k in range(40):
         np.testing.assert_allclose(cache.get(0, k).image01, _min_max(vol[k]), atol=1e-6)

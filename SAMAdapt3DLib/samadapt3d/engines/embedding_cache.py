@@ -54,17 +54,18 @@ class NormalisedSlices:
     the latest few kept, so that an embedding in memory does not also hold its slice as float32 (1 MiB per
     512 x 512 slice). The cache binds each SliceData it hands out to its place in the current image."""
 
-    def __init__(self, normalize: Callable[[np.ndarray], np.ndarray],
+    def __init__(self, normalize: Callable[[np.ndarray], np.ndarray], read_slice: Callable[[int, int], np.ndarray],
                  max_bytes: int = RECENT_NORMALISED_BYTES) -> None:
+        """`read_slice(axis, index)`: the current image's slice as float32, as it is embedded."""
         self._normalize = normalize
-        self._image: np.ndarray | None = None
+        self._read_slice = read_slice
         self._where: dict[int, tuple[int, int]] = {}  # SliceData token -> (axis, index) in the current image
         self._recent: ByteLRU[np.ndarray] = ByteLRU(max_bytes)
         self._lock = threading.Lock()
 
-    def set_image(self, image: np.ndarray | None) -> None:
+    def new_image(self) -> None:
+        """The image changed: every SliceData is bound again by the lookup that finds it there."""
         with self._lock:
-            self._image = image
             self._where.clear()
             self._recent.clear()
 
@@ -77,15 +78,11 @@ class NormalisedSlices:
         with self._lock:
             hit = self._recent.get(data.token)
             where = self._where.get(data.token)
-            image = self._image
         if hit is not None:
             return hit
-        if where is None or image is None:
+        if where is None:
             raise RuntimeError("this slice is not in the current image: look it up in the cache again")
-        axis, index = where
-        # the float32 slice the embedding was made from (SliceEmbeddingCache.slice2d), so the same values
-        source = np.ascontiguousarray(image[(slice(None),) * axis + (index,)], dtype=np.float32)
-        out = np.asarray(self._normalize(source), dtype=np.float32)
+        out = np.asarray(self._normalize(self._read_slice(*where)), dtype=np.float32)
         out.setflags(write=False)
         with self._lock:
             self._recent.put(data.token, out, out.nbytes)
@@ -240,7 +237,7 @@ class SliceEmbeddingCache:
         self.image: np.ndarray | None = None
         #: slice content key -> data; kept across set_image (the same scan re-oriented or reloaded)
         self._memory: ByteLRU[SliceData] = ByteLRU(memory_bytes)
-        self._normalised = NormalisedSlices(model.normalize_slice)
+        self._normalised = NormalisedSlices(model.normalize_slice, self.slice2d)
         self._keys: dict[tuple[int, int], tuple] = {}  # (axis, index) of this image -> content key
         self._lock = threading.RLock()
         self._prefetch: tuple[threading.Thread, threading.Event] | None = None
@@ -266,7 +263,7 @@ class SliceEmbeddingCache:
         with self._lock:
             self.image = image
             self._keys.clear()
-            self._normalised.set_image(image)
+            self._normalised.new_image()
 
     # ---- lookups ---------------------------------------------------------------------------------
     def get(self, axis: int, index: int, cancel: threading.Event | None = None) -> SliceData:
