@@ -429,7 +429,8 @@ class SliceEmbeddingCache:
 
     def release_backend_memory(self) -> None:
         """Nothing left to embed for now: the encoder backend gives its working memory back, and the heap's freed
-        pages go back to the OS (between clicks the process then holds ~300 MiB less; the peaks are unchanged)."""
+        pages go back to the OS (between clicks the process then holds ~300 MiB less; docs/BENCHMARKS.md,
+        "Session 11")."""
         if isinstance(self.model, EncoderRuntime):
             with self._lock:  # not during an embedding
                 self.model.release_memory()

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .prompts import label_components
-from .slice_ops import dilate, erode
+from .slice_ops import bbox_2d, clip_box, dilate, erode
 from .slice_region import fill_holes
 
 #: histogram bins over [0, 1] (a CT window of 2048 HU: 32 HU a bin)
@@ -109,7 +109,7 @@ def refine_by_appearance(images: Mapping[int, np.ndarray], masks: dict[int, np.n
 
 
 def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """The mask's bounding box widened by `margin` px on each side, within the slice."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, mask.shape[0])),
-            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, mask.shape[1])))
+    """The (non-empty) mask's bounding box widened by `margin` px on each side, within the slice."""
+    r0, c0, r1, c1 = bbox_2d(mask)
+    r0, c0, r1, c1 = clip_box((r0 - margin, c0 - margin, r1 + margin, c1 + margin), mask.shape)
+    return slice(r0, r1 + 1), slice(c0, c1 + 1)

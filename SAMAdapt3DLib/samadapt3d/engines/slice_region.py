@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .prompts import label_components
-from .slice_ops import dilate, erode
+from .slice_ops import bbox_2d, dilate, erode
 
 #: the smoothing before thresholding: a 3 x 3 median (noise and one-pixel specks do not split a region)
 MEDIAN_RADIUS = 1
@@ -58,11 +58,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     import SimpleITK as sitk
 
     mask = np.asarray(mask, bool)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     out = np.zeros(mask.shape, bool)
-    if rows.size == 0:
+    box = bbox_2d(mask)
+    if box is None:
         return out
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    r0, c0, r1, c1 = box[0], box[1], box[2] + 1, box[3] + 1
     crop = np.pad(mask[r0:r1, c0:c1], 1).astype(np.uint8)
     filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(crop), fullyConnected=True,
                                                         foregroundValue=1))

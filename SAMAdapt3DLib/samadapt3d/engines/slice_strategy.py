@@ -507,23 +507,20 @@ class _Walk(SliceObjects):
 
 def _boxed(value):
     """A memoised object (tuples and dicts of arrays, numbers) with each plane or volume as a BoxedArray."""
-    if isinstance(value, np.ndarray) and value.ndim >= 2:
-        return BoxedArray.of(value)
-    if isinstance(value, dict):
-        return {k: _boxed(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_boxed(v) for v in value)
-    return value
+    return _map_arrays(value, lambda v: BoxedArray.of(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
 
 
 def _unboxed(value):
-    if isinstance(value, BoxedArray):
-        return value.full()
+    return _map_arrays(value, lambda v: v.full() if isinstance(v, BoxedArray) else v)
+
+
+def _map_arrays(value, leaf: Callable):
+    """`value` (nested tuples and dicts) with `leaf` applied to everything else in it."""
     if isinstance(value, dict):
-        return {k: _unboxed(v) for k, v in value.items()}
+        return {k: _map_arrays(v, leaf) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(_unboxed(v) for v in value)
-    return value
+        return tuple(_map_arrays(v, leaf) for v in value)
+    return leaf(value)
 
 
 def _nbytes(value) -> int:

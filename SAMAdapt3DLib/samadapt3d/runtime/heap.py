@@ -2,19 +2,29 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
+from typing import Callable
 
 
 def trim_heap() -> bool:
     """Return the C heap's free pages to the OS (glibc's `malloc_trim`); True when done. Elsewhere (macOS,
     Windows, musl) nothing happens: their allocators give large blocks back on their own or offer no call."""
-    if not sys.platform.startswith("linux"):
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once; None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
