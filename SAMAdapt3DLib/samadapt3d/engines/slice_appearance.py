@@ -63,30 +63,46 @@ def _bins(values: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(values) * BINS).astype(np.int64), 0, BINS - 1)
 
 
-def refine_by_appearance(images: Mapping[int, np.ndarray], masks: dict[int, np.ndarray], width: int,
+def refine_by_appearance(images: Mapping[int, np.ndarray], masks: Mapping[int, np.ndarray], width: int,
                          separation: float) -> tuple[dict[int, np.ndarray], AppearanceCheck]:
     """The object's masks (slice index -> bool [rows, cols]) with the pixels of the band within `width` px of each
     boundary re-decided by intensity; `images`: the same slices' normalised images (not smoothed: a median filter
     would round the corners of small objects off; the histograms' smoothing takes the noise), each read once.
-    Returns the masks (unchanged when the check fails) and the check.
+    Returns the masks (unchanged when the check fails) and the check."""
+    refined, check = refined_windows(images, masks, width, separation)
+    out = dict(masks)
+    for k, (window, inside) in refined.items():
+        out[k] = np.zeros(masks[k].shape, bool)
+        out[k][window] = inside
+    return out, check
+
+
+def refined_windows(images: Mapping[int, np.ndarray], masks: Mapping[int, np.ndarray], width: int,
+                    separation: float) -> tuple[dict[int, tuple[tuple[slice, slice], np.ndarray]], AppearanceCheck]:
+    """`refine_by_appearance`'s result as windows: slice index -> (window, the refined mask inside it; outside it
+    the mask is empty), for the slices the check lets it change (none when it fails). Each mask is read once.
 
     Each slice is worked on around its mask: everything the refinement looks at lies within the far ring, so a
     window one pixel wider than it gives the same result as the whole slice (a lung's object holds a few hundred
     512 x 512 slices; their full-size intermediates were the largest memory of a click)."""
-    slices = [k for k, m in masks.items() if m.any()]
-    if not slices:
-        return masks, AppearanceCheck(0.0, 0.0, False)
     window, image, mask, core, band, ring, far_ring = {}, {}, {}, {}, {}, {}, {}
-    for k in slices:
-        window[k] = _window(masks[k], FAR_RING * width + 1)
+    for k in masks:
+        full = masks[k]
+        if not full.any():
+            continue
+        window[k] = _window(full, FAR_RING * width + 1)
+        m = mask[k] = np.array(full[window[k]])
+        del full
         image[k] = np.array(images[k][window[k]])
-        m = mask[k] = masks[k][window[k]]
         eroded = erode(m, width)
         core[k] = eroded if eroded.any() else m  # a structure thinner than the band: all of it is its core
         grown = dilate(m, width)
         band[k] = grown & ~core[k]
         ring[k] = grown & ~m
         far_ring[k] = dilate(m, FAR_RING * width) & ~grown
+    slices = list(window)
+    if not slices:
+        return {}, AppearanceCheck(0.0, 0.0, False)
     inside = _histogram(image[k][core[k]] for k in slices)
     outside = _histogram(image[k][ring[k] | far_ring[k]] for k in slices)
     likely = {k: inside[_bins(image[k])] > outside[_bins(image[k])] for k in slices}
@@ -96,15 +112,14 @@ def refine_by_appearance(images: Mapping[int, np.ndarray], masks: dict[int, np.n
     far_out = 1.0 - true / total if total else 0.0
     check = AppearanceCheck(core_in, far_out, (core_in + far_out) / 2 >= separation)
     if not check.used:
-        return masks, check
-    out = dict(masks)
+        return {}, check
+    out = {}
     for k in slices:
         refined = core[k] | (band[k] & likely[k])
         labels = label_components(refined)
         keep = np.unique(labels[core[k]])
         refined = np.isin(labels, keep[keep > 0])  # band pieces cut off from the object's core are not the object
-        out[k] = np.zeros(masks[k].shape, bool)
-        out[k][window[k]] = refined | (mask[k] & fill_holes(refined))  # what it encloses of the model's mask stays
+        out[k] = window[k], refined | (mask[k] & fill_holes(refined))  # what it encloses of the model's mask stays
     return out, check
 
 

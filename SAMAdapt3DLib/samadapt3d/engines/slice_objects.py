@@ -28,24 +28,78 @@ All arrays here are "slicing-axis first": [slices, rows, cols].
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..boxed import BoxedArray
 from ..errors import CancelledError
 from .base import ModelPrompts, PreviewCallback
 from .prompts import click_voxels
 from .slice_config import SliceConfig
 from .slice_ops import Box, bbox_2d, box_is_valid, clip_box, dilate, erode, grow_box
 from ..evaluate.metrics import dice  # the candidate's agreement with a non-empty region
-from .slice_appearance import refine_by_appearance
+from .slice_appearance import refined_windows
 from .slice_region import level_at, region_near, similar_filled, similar_region, smoothed
 
 if TYPE_CHECKING:
     from .slice_strategy import SliceStrategy
 
-SliceObject = dict  # slice index -> float32 probability [rows, cols]
+
+
+class SliceObject(MutableMapping):
+    """A positive object's probability, slice index -> float32 [rows, cols], each slice held as the box of its
+    nonzero pixels: reading a slice gives a new full array, writing one keeps its box. A lung's object on a
+    512 x 512 x 300 CT is ~220 MiB of full slices and a few tens boxed; its full slices were the largest memory of
+    a click.
+
+    `mask_only`: only the object's mask counts (what a click or a correction adds: SliceStrategy.add keeps its
+    values above 0.5), so values at or below 0.5 are kept as 0 and the box is the mask's. A box's object keeps the
+    model's probabilities under 0.5 (they are part of the session's probability)."""
+
+    def __init__(self, mask_only: bool) -> None:
+        self.mask_only = mask_only
+        self._slices: dict[int, BoxedArray] = {}
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self._slices[k].full()
+
+    def __setitem__(self, k: int, probability: np.ndarray) -> None:
+        p = np.asarray(probability, np.float32)
+        if self.mask_only:
+            p = np.where(p > 0.5, p, np.float32(0.0))
+        self._slices[k] = BoxedArray.of(p)
+
+    def __delitem__(self, k: int) -> None:
+        del self._slices[k]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._slices)
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    def boxed(self, k: int) -> BoxedArray:
+        return self._slices[k]
+
+    def mask(self, k: int) -> np.ndarray:
+        """Slice k's mask (> 0.5), bool [rows, cols]."""
+        b = self._slices[k]
+        out = np.zeros(b.shape, bool)
+        out[b.box] = b.data > 0.5
+        return out
+
+    def copy(self) -> "SliceObject":
+        """An object of its own (the boxes are read-only, so they are shared)."""
+        out = SliceObject(self.mask_only)
+        out._slices = dict(self._slices)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._slices.values())
+
 
 #: diagnostics sink: the first-click study (evaluate/first_click.py) sets a list; None (nothing kept) otherwise
 TRACE: list[dict] | None = None
@@ -142,7 +196,7 @@ class SliceObjects:
             k = int(round((self.box[0][0] + self.box[1][0]) / 2))
             self.tick(f"slice {k}")
             logits, _ = self.predict(k, [self.plane_box()])
-            obj: SliceObject = {}
+            obj = SliceObject(mask_only=False)
             mask = logits[0] > 0
             self.keep(obj, k, logits[0], mask)
             uniform = self.is_uniform_mask(k, mask)
@@ -153,7 +207,7 @@ class SliceObjects:
 
     def click_object(self, k: int, r: int, c: int) -> tuple[SliceObject]:
         def make():
-            obj: SliceObject = {}
+            obj = SliceObject(mask_only=True)  # only its mask is ever added (SliceStrategy.add)
             if not self.in_range(k):
                 return (obj,)
             self.tick(f"click on slice {k}")
@@ -164,8 +218,6 @@ class SliceObjects:
                 continues = uniform and self.has_click_level(k, r, c, found > 0)
                 self.propagate(obj, k, found > 0, uniform=uniform, continues=continues)
                 self.refine(obj)
-                for p in obj.values():  # only its mask is ever added (SliceStrategy.add): the rest costs memo bytes
-                    p[p <= 0.5] = 0.0
             return (obj,)
         return self.s.memo(self.key("click", k, r, c), make)
 
@@ -215,14 +267,18 @@ class SliceObjects:
         cfg = self.cfg
         if cfg.appearance_band <= 0 or not obj:
             return
-        masks = {k: p > 0.5 for k, p in obj.items()}
-        refined, check = refine_by_appearance(_SliceImages(self, masks), masks, self.band_width(masks),
-                                              cfg.appearance_separation)
+        masks = _ObjectMasks(obj)
+        refined, check = refined_windows(_SliceImages(self, obj), masks, self.band_width(masks),
+                                         cfg.appearance_separation)
         _note(kind="appearance", core_inside=check.core_inside, far_outside=check.far_outside, used=check.used)
         if not check.used:
             return
         inside = self.inside_box()
-        for k, mask in refined.items():
+        for k in obj:
+            mask = np.zeros(self.plane, bool)
+            if k in refined:
+                window, part = refined[k]
+                mask[window] = part
             obj[k] = _decided(obj[k], mask if inside is None else mask & inside)
 
     def click_anchor(self, k: int, r: int, c: int, smallest: bool) -> np.ndarray | None:
@@ -468,6 +524,22 @@ class SliceObjects:
         if adds_to is not None and (mask & ~adds_to[k]).sum() < cfg.min_area:
             return "adds nothing"  # the correction has ended
         return ""
+
+
+class _ObjectMasks(Mapping):
+    """An object's masks, each made when asked (all held at once they were 55 MiB on a lung)."""
+
+    def __init__(self, obj: SliceObject) -> None:
+        self._obj = obj
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self._obj.mask(k)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._obj)
+
+    def __len__(self) -> int:
+        return len(self._obj)
 
 
 class _SliceImages(Mapping):

@@ -196,7 +196,7 @@ class _Walk(SliceObjects):
         if (mask & dilate(current[near], 2)).sum() < self.cfg.min_overlap * mask.sum():
             return None  # does not continue the mask: another object (its own click object is the answer)
         limit = self.cfg.end_taper * float(mask.sum())
-        obj: SliceObject = {}
+        obj = SliceObject(mask_only=True)
         self.keep(obj, k, logits[0], mask)
         self.propagate(obj, k, mask, adds_to=current, until=self.correction_ended(current, k, limit))
         self.refine(obj)
@@ -225,7 +225,7 @@ class _Walk(SliceObjects):
         mask = logits[0] > 0
         if not mask[r, c]:
             return None
-        obj: SliceObject = {}
+        obj = SliceObject(mask_only=True)
         self.keep(obj, k, logits[0], mask)
         limit = self.cfg.end_taper * float(mask.sum())
         current = fold.prob > 0.5
@@ -265,8 +265,9 @@ class _Walk(SliceObjects):
             evidence |= seed
         if self.box is not None:
             obj, k, anchor = self.box_object()
-            for kk, p in obj.items():
-                np.maximum(prob[kk], p, out=prob[kk])
+            for kk in obj:
+                b = obj.boxed(kk)
+                np.maximum(prob[kk][b.box], b.data, out=prob[kk][b.box])
             evidence[k] |= anchor
         return _Fold(key, prob, evidence)
 
@@ -287,7 +288,7 @@ class _Walk(SliceObjects):
         fold.positives.append(voxel)
         # slice by slice: a volume-sized copy of the object would add 300 MiB to a click on a 512 x 512 x 300 CT
         for kk in sorted(set(obj) | {k}):
-            found = np.zeros(self.plane, np.float32) if kk not in obj else np.array(obj[kk], np.float32)
+            found = obj[kk] if kk in obj else np.zeros(self.plane, np.float32)
             if kk == k:
                 found[r, c] = INSIDE
             mask = found > 0.5
@@ -319,6 +320,7 @@ class _Walk(SliceObjects):
                 continue
             unlike = new & (np.abs(im - ref) >= np.abs(im - float(np.median(im[other]))))
             p[unlike] = np.minimum(p[unlike], OUTSIDE)
+            obj[kk] = p
 
     def remove(self, fold: _Fold, voxel: tuple[int, int, int]) -> None:
         fold.negatives.append(voxel)
@@ -506,12 +508,15 @@ class _Walk(SliceObjects):
 
 
 def _boxed(value):
-    """A memoised object (tuples and dicts of arrays, numbers) with each plane or volume as a BoxedArray."""
-    return _map_arrays(value, lambda v: BoxedArray.of(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else v)
+    """A memoised object (tuples and dicts of arrays, SliceObjects, numbers) with each plane or volume as a
+    BoxedArray."""
+    return _map_arrays(value, lambda v: BoxedArray.of(v) if isinstance(v, np.ndarray) and v.ndim >= 2 else
+                       v.copy() if isinstance(v, SliceObject) else v)
 
 
 def _unboxed(value):
-    return _map_arrays(value, lambda v: v.full() if isinstance(v, BoxedArray) else v)
+    return _map_arrays(value, lambda v: v.full() if isinstance(v, BoxedArray) else
+                       v.copy() if isinstance(v, SliceObject) else v)
 
 
 def _map_arrays(value, leaf: Callable):
@@ -525,7 +530,7 @@ def _map_arrays(value, leaf: Callable):
 
 def _nbytes(value) -> int:
     """Bytes of the arrays in a memoised object (tuples and dicts of arrays, numbers)."""
-    if isinstance(value, (np.ndarray, BoxedArray)):
+    if isinstance(value, (np.ndarray, BoxedArray, SliceObject)):
         return value.nbytes
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
