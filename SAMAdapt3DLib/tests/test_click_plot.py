@@ -41,3 +41,23 @@ def test_plot_draws_every_model_of_every_csv(tmp_path, monkeypatch):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert drawn == [("A: wall", [1, 2, 3], [30.0, 2.0, 1.5]), ("A: CPU", [1, 2, 3], [3.0, 0.2, 0.15]),
                      ("B: wall", [1, 2], [100.0, 20.0]), ("B: CPU", [1, 2], [10.0, 2.0])]
+
+
+def test_the_3dsam_series_runs_the_encoder_once_per_crop_and_writes_every_click(tmp_path):
+    """The 3DSAM-adapter series on the slicerio CT, with the tiny network standing in for the full one: a row per
+    click, the first click on each lung runs the encoder, a click whose crop was seen finds it cached."""
+    pytest.importorskip("slicerio")
+    from samadapt3d.families.sam3d import Sam3DAdapterConfig
+
+    out = tmp_path / "sam3d.csv"
+    rows = click_plot.measure(out, "auto", 1, model_name="sam3d-random", follow=2,
+                              sam3d_config=Sam3DAdapterConfig.tiny())
+    with open(out, newline="") as f:
+        written = list(csv.DictReader(f))
+    assert len(rows) == len(written) == 2 * 3
+    assert [r["click"] for r in written] == [str(n) for n in range(1, 7)]
+    assert all(float(r["seconds"]) > 0 for r in written)
+    assert written[0]["what"].startswith("right lung: click 1") and written[0]["what"].endswith("encoder run")
+    assert written[3]["what"].startswith("left lung: click 1") and written[3]["what"].endswith("encoder run")
+    for r in written:
+        assert r["what"].endswith(("encoder run", "encoder cached"))

@@ -1,12 +1,18 @@
 """Seconds per click against the click number, per model (docs/BENCHMARKS.md, issue 17 part 6).
 
     python -m samadapt3d.runtime.click_plot measure --out litemedsam_clicks.csv   # LiteMedSAM on the slicerio CT
+    python -m samadapt3d.runtime.click_plot measure --model sam3d-random --out sam3d_clicks.csv
     python -m samadapt3d.runtime.click_plot plot litemedsam_clicks.csv [other.csv ...] --out clicks.png
 
 `measure` runs the session as the Slicer effect does (set_image, prepare in the background, then the clicks at
 once): the demo's one click per structure of the slicerio chest CT (`samadapt3d.demo.DEMO_CLICKS`, a reset
 between structures: the first clicks embed their slices), then rounds of one seeded random click per structure
 inside it (every slice embedded by then: warm clicks on new objects), and writes one CSV row per click (model, click, seconds, CPU seconds, what was clicked, load).
+`--model sam3d-random` times the published 3DSAM-adapter network (full ViT-B, 128³ crops at 1 mm) with seeded random
+weights (none can be downloaded here, so its masks mean nothing and no Dice is written): on each of the two lungs the
+demo click, then `--follow` further positive clicks inside the lung, prompts kept (the clicks of one object's
+refinement: the first one runs the encoder on its crop, the others find its features cached). One crop per click
+(`max_crops` 1), so that a random mask's growth does not decide the time.
 `plot` draws every CSV given (same columns; e.g. 3DSAM-adapter rows measured elsewhere) as one line per model.
 Only measured numbers are plotted.
 """
@@ -36,7 +42,31 @@ def _inside(mask, rng):
     return (int(i), int(j), int(k))
 
 
-def measure(out: Path, precision: str, rounds: int, seed: int = 0) -> list[dict]:
+def measure(out: Path, precision: str, rounds: int, seed: int = 0, model_name: str = "litemedsam",
+            follow: int = 3, sam3d_config=None) -> list[dict]:
+    """The clicks of `model_name`'s series, timed, written to `out`; `sam3d_config`: the 3DSAM-adapter network
+    (default: the published ViT-B one)."""
+    rows = (_measure_litemedsam(precision, rounds, seed) if model_name == "litemedsam" else
+            _measure_sam3d_random(follow, seed, sam3d_config))
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def _timed(rows: list[dict], model: str, click, what: str) -> object:
+    """Runs `click()`, appends its row and prints it; returns what it returned."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = click()
+    rows.append({"model": model, "click": len(rows) + 1, "seconds": f"{time.perf_counter() - t0:.3f}",
+                 "cpu_seconds": f"{time.process_time() - c0:.3f}", "what": what(result),
+                 "load_average": f"{os.getloadavg()[0]:.1f}"})
+    print(",".join(str(rows[-1][f]) for f in FIELDS), flush=True)
+    return result
+
+
+def _measure_litemedsam(precision: str, rounds: int, seed: int) -> list[dict]:
     import numpy as np
 
     from ..demo import DEMO_CLICKS, dice, load_demo_case
@@ -49,25 +79,48 @@ def measure(out: Path, precision: str, rounds: int, seed: int = 0) -> list[dict]
     session.engine.embeddings._disk = None  # cold: nothing from an earlier run
     session.set_image(volume)
     session.prepare(background=True)
-    rows, number = [], 0
+    rows: list[dict] = []
     rng = np.random.default_rng(seed)
     for round_ in range(rounds):
         for name, demo_ijk in DEMO_CLICKS.items():
             ijk = demo_ijk if round_ == 0 else _inside(np.asarray(truth[name], bool), rng)
             session.reset()
-            t0, c0 = time.perf_counter(), time.process_time()
-            mask = np.asarray(session.add_point(ijk, positive=True, space="ijk")) > 0
-            number += 1
-            rows.append({"model": f"LiteMedSAM ({model.backend()})", "click": number,
-                         "seconds": f"{time.perf_counter() - t0:.3f}", "cpu_seconds": f"{time.process_time() - c0:.3f}",
-                         "what": f"round {round_ + 1}: {name} at {ijk} (Dice {dice(mask, truth[name]):.3f})",
-                         "load_average": f"{os.getloadavg()[0]:.1f}"})
-            print(",".join(str(rows[-1][f]) for f in FIELDS), flush=True)
+            _timed(rows, f"LiteMedSAM ({model.backend()})",
+                   lambda: np.asarray(session.add_point(ijk, positive=True, space="ijk")) > 0,
+                   lambda mask: f"round {round_ + 1}: {name} at {ijk} (Dice {dice(mask, truth[name]):.3f})")
     session.engine.embeddings.stop_prefetch()
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    return rows
+
+
+#: the structures of the 3DSAM-adapter series (their demo clicks first)
+SAM3D_STRUCTURES = ("right lung", "left lung")
+
+
+def _measure_sam3d_random(follow: int, seed: int, config=None) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from ..demo import DEMO_CLICKS, load_demo_case
+    from ..families.sam3d import SAM3DAdapter, Sam3DAdapterConfig
+    from ..session import InteractiveSession
+
+    volume, truth = load_demo_case()
+    torch.manual_seed(seed)
+    model = SAM3DAdapter(config or Sam3DAdapterConfig()).eval()
+    session = InteractiveSession(model)
+    session.engine.max_crops = 1
+    session.set_image(volume)
+    rows: list[dict] = []
+    rng = np.random.default_rng(seed)
+    label = "3DSAM-adapter (random weights, 128³ crop)"
+    for name in SAM3D_STRUCTURES:
+        session.reset()
+        for n in range(1 + follow):
+            ijk = DEMO_CLICKS[name] if n == 0 else _inside(np.asarray(truth[name], bool), rng)
+            misses = session.engine.cache_misses
+            _timed(rows, label, lambda: session.add_point(ijk, positive=True, space="ijk"),
+                   lambda _: f"{name}: click {n + 1} at {ijk}, encoder "
+                             f"{'run' if session.engine.cache_misses > misses else 'cached'}")
     return rows
 
 
@@ -103,17 +156,19 @@ def plot(csvs: list[Path], out: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m samadapt3d.runtime.click_plot", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    m = sub.add_parser("measure", help="LiteMedSAM clicks on the slicerio CT -> CSV")
+    m = sub.add_parser("measure", help="clicks on the slicerio CT -> CSV")
     m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--precision", default="auto")
-    m.add_argument("--rounds", type=int, default=2, help="rounds of the 7 demo clicks")
+    m.add_argument("--model", default="litemedsam", choices=["litemedsam", "sam3d-random"])
+    m.add_argument("--precision", default="auto", help="LiteMedSAM's encoder precision")
+    m.add_argument("--rounds", type=int, default=2, help="LiteMedSAM: rounds of the 7 demo clicks")
+    m.add_argument("--follow", type=int, default=3, help="3DSAM-adapter: clicks after the first on each lung")
     p = sub.add_parser("plot", help="CSV files -> PNG")
     p.add_argument("csv", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="seconds per click, slicerio chest CT")
     args = parser.parse_args(argv)
     if args.command == "measure":
-        measure(args.out, args.precision, args.rounds)
+        measure(args.out, args.precision, args.rounds, model_name=args.model, follow=args.follow)
     else:
         plot(args.csv, args.out, args.title)
     return 0
