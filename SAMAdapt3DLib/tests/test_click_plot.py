@@ -45,7 +45,8 @@ def test_plot_draws_every_model_of_every_csv(tmp_path, monkeypatch):
 
 def test_the_3dsam_series_runs_the_encoder_once_per_crop_and_writes_every_click(tmp_path):
     """The 3DSAM-adapter series on the slicerio CT, with the tiny network standing in for the full one: a row per
-    click, the first click on each lung runs the encoder, a click whose crop was seen finds it cached."""
+    click; the first click on each lung runs the encoder, the further clicks share its crop and find it cached."""
+    # the right lung's further clicks are drawn inside its first click's crop
     pytest.importorskip("slicerio")
     from samadapt3d.families.sam3d import Sam3DAdapterConfig
 
@@ -59,5 +60,5 @@ def test_the_3dsam_series_runs_the_encoder_once_per_crop_and_writes_every_click(
     assert all(float(r["seconds"]) > 0 for r in written)
     assert written[0]["what"].startswith("right lung: click 1") and written[0]["what"].endswith("encoder run")
     assert written[3]["what"].startswith("left lung: click 1") and written[3]["what"].endswith("encoder run")
-    for r in written:
-        assert r["what"].endswith(("encoder run", "encoder cached"))
+    for r in written[1:3]:  # (the tiny network's 32 mm crop around the left lung's click holds no core voxel)
+        assert r["what"].endswith("encoder cached")

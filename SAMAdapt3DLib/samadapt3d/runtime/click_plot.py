@@ -10,8 +10,9 @@ between structures: the first clicks embed their slices), then rounds of one see
 inside it (every slice embedded by then: warm clicks on new objects), and writes one CSV row per click (model, click, seconds, CPU seconds, what was clicked, load).
 `--model sam3d-random` times the published 3DSAM-adapter network (full ViT-B, 128³ crops at 1 mm) with seeded random
 weights (none can be downloaded here, so its masks mean nothing and no Dice is written): on each of the two lungs the
-demo click, then `--follow` further positive clicks inside the lung, prompts kept (the clicks of one object's
-refinement: the first one runs the encoder on its crop, the others find its features cached). One crop per click
+demo click, then `--follow` further positive clicks inside the lung and inside the first click's crop, prompts kept
+(the clicks of one object's refinement: the first one runs the encoder on its crop, the others find its features
+cached). One crop per click
 (`max_crops` 1), so that a random mask's growth does not decide the time.
 `plot` draws every CSV given (same columns; e.g. 3DSAM-adapter rows measured elsewhere) as one line per model.
 Only measured numbers are plotted.
@@ -27,8 +28,8 @@ from pathlib import Path
 FIELDS = ("model", "click", "seconds", "cpu_seconds", "what", "load_average")
 
 
-def _inside(mask, rng):
-    """A random voxel (i, j, k) whose 6 neighbours are in the mask too (not on its edge)."""
+def _core(mask):
+    """(i, j, k) [N, 3] of the voxels whose 6 neighbours are in the mask too (all of it when none are)."""
     import numpy as np
 
     core = mask.copy()
@@ -37,9 +38,13 @@ def _inside(mask, rng):
             tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))]
         core[tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))] &= mask[
             tuple(slice(1, None) if a == axis else slice(None) for a in range(3))]
-    kji = np.argwhere(core if core.any() else mask)
-    k, j, i = kji[rng.integers(len(kji))]
-    return (int(i), int(j), int(k))
+    return np.argwhere(core if core.any() else mask)[:, ::-1]
+
+
+def _inside(mask, rng):
+    """A random voxel (i, j, k) whose 6 neighbours are in the mask too (not on its edge)."""
+    ijk = _core(mask)
+    return tuple(int(v) for v in ijk[rng.integers(len(ijk))])
 
 
 def measure(out: Path, precision: str, rounds: int, seed: int = 0, model_name: str = "litemedsam",
@@ -94,6 +99,17 @@ def _measure_litemedsam(precision: str, rounds: int, seed: int) -> list[dict]:
 
 #: the structures of the 3DSAM-adapter series (their demo clicks first)
 SAM3D_STRUCTURES = ("right lung", "left lung")
+def _inside_crop(mask, rng, crops_of, crop) -> tuple[int, int, int]:
+    """A random voxel inside `mask` (as `_inside`) whose crop is `crop` (the clicks of one object's refinement
+    share the crop of its first click); `crops_of(ijk [N, 3])`: their crop starts [N, 3]. Any voxel inside the
+    mask when none is in that crop."""
+    import numpy as np
+
+    ijk = _core(mask)
+    same = ijk[(crops_of(ijk) == np.asarray(crop)).all(axis=1)]
+    if not len(same):
+        return _inside(mask, rng)
+    return tuple(int(v) for v in same[rng.integers(len(same))])
 
 
 def _measure_sam3d_random(follow: int, seed: int, config=None) -> list[dict]:
@@ -112,11 +128,17 @@ def _measure_sam3d_random(follow: int, seed: int, config=None) -> list[dict]:
     session.set_image(volume)
     rows: list[dict] = []
     rng = np.random.default_rng(seed)
-    label = "3DSAM-adapter (random weights, 128³ crop)"
+    label = f"3DSAM-adapter (random weights, {model.crop_size[0]}³ crop)"
+    engine = session.engine
+
+    def crops_of(ijk) -> np.ndarray:
+        return np.stack([engine._start_for(p) for p in session.space.index_to_model(np.asarray(ijk, float))])
+
     for name in SAM3D_STRUCTURES:
         session.reset()
+        first = crops_of([DEMO_CLICKS[name]])[0]
         for n in range(1 + follow):
-            ijk = DEMO_CLICKS[name] if n == 0 else _inside(np.asarray(truth[name], bool), rng)
+            ijk = DEMO_CLICKS[name] if n == 0 else _inside_crop(np.asarray(truth[name], bool), rng, crops_of, first)
             misses = session.engine.cache_misses
             _timed(rows, label, lambda: session.add_point(ijk, positive=True, space="ijk"),
                    lambda _: f"{name}: click {n + 1} at {ijk}, encoder "
