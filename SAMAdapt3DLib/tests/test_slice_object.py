@@ -1,16 +1,14 @@
 """How the slice strategy holds an object and cuts a mask, within boxes rather than whole slices / volumes
 (issue 17's 3 GB on a 512 x 512 x 300 CT): `SliceObject` keeps each slice as the box of its nonzero pixels and
-gives back exactly what was written; a negative click's `detached` part is worked out inside the mask's bounding
-box and equals the same rule applied to the whole volume (written here with scipy)."""
+gives back exactly what was written; a negative click's detached part (`with_detached`) is worked out inside the
+mask's bounding box and equals the same rule applied to the whole volume (written here with scipy)."""
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import numpy as np
 from scipy import ndimage
 
 from samadapt3d.engines.slice_objects import SliceObject
-from samadapt3d.engines.slice_strategy import _Walk
+from samadapt3d.engines.slice_strategy import with_detached
 
 SHAPE = (64, 80)
 
@@ -102,7 +100,7 @@ def test_detached_parts_equal_the_whole_volume_rule():
         if len(held):
             evidence.ravel()[rng.choice(held, min(3, len(held)), replace=False)] = True
         expected = whole_volume_detached(evidence, mask, cut)
-        got = _Walk.detached(None, SimpleNamespace(evidence=evidence), mask, cut.copy())
+        got = with_detached(cut.copy(), mask, evidence)
         np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
 
 
@@ -114,5 +112,5 @@ def test_a_cut_on_the_last_slice_leaves_a_piece_on_the_first_slice():
     evidence[3, 3, 3] = True
     cut = np.zeros_like(mask)
     cut[5] = mask[5]
-    got = _Walk.detached(None, SimpleNamespace(evidence=evidence), mask, cut.copy())
+    got = with_detached(cut.copy(), mask, evidence)
     np.testing.assert_array_equal(got, cut)  # slice 0 is no neighbour of slice 5: its piece stays

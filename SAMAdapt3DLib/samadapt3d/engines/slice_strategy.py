@@ -492,22 +492,27 @@ class _Walk(SliceObjects):
                 prev, kk = region, kk + step
 
     def detached(self, fold: _Fold, mask: np.ndarray, cut: np.ndarray) -> np.ndarray:
-        """`cut` plus the parts of the mask it disconnects from all evidence (positives, box anchor, seed). Worked
-        out inside the mask's bounding box: the components of a lung's mask over a whole 512 x 512 x 300 CT were
-        ~800 MiB of labels and their copies."""
-        if not cut.any():
-            return cut
-        box = BoxedArray.of(mask).box
-        rest = mask[box] & ~cut[box]
-        labels = label_components(rest)
-        near = np.stack([dilate(s, 1) if s.any() else s for s in cut[box]])
-        touching = near.copy()  # and the neighbouring slices (26-connected)
-        touching[1:] |= near[:-1]
-        touching[:-1] |= near[1:]
-        touched = np.unique(labels[touching & rest])
-        kept = np.unique(labels[fold.evidence[box] & rest])
-        cut[box] |= np.isin(labels, [lab for lab in touched if lab and lab not in kept])
+        """`cut` plus the parts of the mask it disconnects from all evidence (positives, box anchor, seed)."""
+        return with_detached(cut, mask, fold.evidence)
+
+
+def with_detached(cut: np.ndarray, mask: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+    """`cut` (bool [slices, rows, cols], within `mask`; changed in place) plus the components of the rest of the mask
+    (26-connected) that touch it and hold no `evidence`. Worked out inside the mask's bounding box: the components
+    of a lung's mask over a whole 512 x 512 x 300 CT were ~800 MiB of labels and their copies."""
+    if not cut.any():
         return cut
+    box = BoxedArray.of(mask).box
+    rest = mask[box] & ~cut[box]
+    labels = label_components(rest)
+    near = np.stack([dilate(s, 1) if s.any() else s for s in cut[box]])
+    touching = near.copy()  # and the neighbouring slices (26-connected)
+    touching[1:] |= near[:-1]
+    touching[:-1] |= near[1:]
+    touched = np.unique(labels[touching & rest])
+    kept = np.unique(labels[evidence[box] & rest])
+    cut[box] |= np.isin(labels, [lab for lab in touched if lab and lab not in kept])
+    return cut
 
 
 def _boxed(value):
