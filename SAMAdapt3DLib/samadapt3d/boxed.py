@@ -24,29 +24,14 @@ class BoxedArray:
     def of(cls, array: np.ndarray) -> "BoxedArray":
         """The box of `array`'s nonzero elements, copied (an all-zero array keeps an empty box)."""
         array = np.asarray(array)
-        if array.ndim == 0:
-            raise ValueError("BoxedArray needs at least one axis")
-        # which indices along each axis hold a nonzero element, a block of the first axis at a time: the
-        # whole array's `!= 0` would be a volume-sized temporary (75 MiB on a 512 x 512 x 300 CT)
-        held = [np.zeros(n, bool) for n in array.shape]
-        step = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(array.shape[1:]))))
-        for k in range(0, array.shape[0], step):
-            nonzero = array[k:k + step] != 0
-            for axis in range(array.ndim):
-                found = nonzero.any(axis=tuple(a for a in range(array.ndim) if a != axis))
-                if axis == 0:
-                    held[0][k:k + step] = found
-                else:
-                    held[axis] |= found
-        if not held[0].any():
+        box = nonzero_box(array)
+        if box is None:
             empty = np.zeros((0,) * array.ndim, array.dtype)
             empty.setflags(write=False)
             return cls(tuple(array.shape), (0,) * array.ndim, empty)
-        start = [int(np.argmax(h)) for h in held]
-        stop = [len(h) - int(np.argmax(h[::-1])) for h in held]
-        data = np.array(array[tuple(slice(a, b) for a, b in zip(start, stop))])
+        data = np.array(array[box])
         data.setflags(write=False)
-        return cls(tuple(array.shape), tuple(start), data)
+        return cls(tuple(array.shape), tuple(s.start for s in box), data)
 
     @property
     def box(self) -> tuple[slice, ...]:
@@ -73,3 +58,25 @@ class BoxedArray:
             raise ValueError(f"map changed the box's shape {self.data.shape} to {data.shape}")
         data.setflags(write=False)
         return BoxedArray(self.shape, self.start, data)
+
+
+def nonzero_box(array: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of `array`'s nonzero elements (one slice per axis), None when there are none."""
+    array = np.asarray(array)
+    if array.ndim == 0:
+        raise ValueError("a box needs at least one axis")
+    # which indices along each axis hold a nonzero element, a block of the first axis at a time: the
+    # whole array's `!= 0` would be a volume-sized temporary (75 MiB on a 512 x 512 x 300 CT)
+    held = [np.zeros(n, bool) for n in array.shape]
+    step = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(array.shape[1:]))))
+    for k in range(0, array.shape[0], step):
+        nonzero = array[k:k + step] != 0
+        for axis in range(array.ndim):
+            found = nonzero.any(axis=tuple(a for a in range(array.ndim) if a != axis))
+            if axis == 0:
+                held[0][k:k + step] = found
+            else:
+                held[axis] |= found
+    if not held[0].any():
+        return None
+    return tuple(slice(int(np.argmax(h)), len(h) - int(np.argmax(h[::-1]))) for h in held)

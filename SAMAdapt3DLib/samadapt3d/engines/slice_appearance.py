@@ -92,7 +92,6 @@ def refined_windows(images: Mapping[int, np.ndarray], masks: Mapping[int, np.nda
             continue
         window[k] = _window(full, FAR_RING * width + 1)
         m = mask[k] = np.array(full[window[k]])
-        del full
         image[k] = np.array(images[k][window[k]])
         eroded = erode(m, width)
         core[k] = eroded if eroded.any() else m  # a structure thinner than the band: all of it is its core

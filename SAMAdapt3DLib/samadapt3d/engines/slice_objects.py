@@ -166,8 +166,8 @@ class SliceObjects:
             self._base = base if base is not None and base.any() else False
         # over an empty base (a first click) fresh zeros: a copy would touch every page of a CT-sized mask
         shown = np.zeros(self.shape, bool) if self._base is False else self._base.copy()
-        for k, p in self.growing.items():
-            shown[k] |= p if p.dtype == np.bool_ else p > 0.5
+        for k in self.growing:
+            shown[k] |= self.growing.mask(k)
         self.preview(shown)
         self._shown_at = time.monotonic()
 

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..boxed import BoxedArray
+from ..boxed import BoxedArray, nonzero_box
 from ..byte_lru import ByteLRU
 from .base import ModelPrompts, PreviewCallback, ProgressCallback
 from .prompts import label_components, nearer_to_negative
@@ -112,7 +112,8 @@ class SliceStrategy:
         self._last = None
 
     def memo(self, key: tuple, make: Callable[[], tuple]) -> tuple:
-        """`make()`'s object for `key`, kept boxed: each call gets its own full arrays."""
+        """`make()`'s object for `key`, kept boxed: each call gets its own copy (plain arrays full again,
+        SliceObjects as they are)."""
         hit = self._objects.get(key)
         if hit is None:
             made = make()
@@ -502,7 +503,7 @@ def with_detached(cut: np.ndarray, mask: np.ndarray, evidence: np.ndarray) -> np
     of a lung's mask over a whole 512 x 512 x 300 CT were ~800 MiB of labels and their copies."""
     if not cut.any():
         return cut
-    box = BoxedArray.of(mask).box
+    box = nonzero_box(mask)  # not None: the cut lies in the mask
     rest = mask[box] & ~cut[box]
     labels = label_components(rest)
     near = np.stack([dilate(s, 1) if s.any() else s for s in cut[box]])

@@ -12,8 +12,7 @@ inside it (every slice embedded by then: warm clicks on new objects), and writes
 weights (none can be downloaded here, so its masks mean nothing and no Dice is written): on each of the two lungs the
 demo click, then `--follow` further positive clicks inside the lung and inside the first click's crop, prompts kept
 (the clicks of one object's refinement: the first one runs the encoder on its crop, the others find its features
-cached). One crop per click
-(`max_crops` 1), so that a random mask's growth does not decide the time.
+cached). One crop per click (`max_crops` 1), so that a random mask's growth does not decide the time.
 `plot` draws every CSV given (same columns; e.g. 3DSAM-adapter rows measured elsewhere) as one line per model.
 Only measured numbers are plotted.
 """
@@ -99,6 +98,8 @@ def _measure_litemedsam(precision: str, rounds: int, seed: int) -> list[dict]:
 
 #: the structures of the 3DSAM-adapter series (their demo clicks first)
 SAM3D_STRUCTURES = ("right lung", "left lung")
+
+
 def _inside_crop(mask, rng, crops_of, crop) -> tuple[int, int, int]:
     """A random voxel inside `mask` (as `_inside`) whose crop is `crop` (the clicks of one object's refinement
     share the crop of its first click); `crops_of(ijk [N, 3])`: their crop starts [N, 3]. Any voxel inside the
@@ -124,12 +125,12 @@ def _measure_sam3d_random(follow: int, seed: int, config=None) -> list[dict]:
     torch.manual_seed(seed)
     model = SAM3DAdapter(config or Sam3DAdapterConfig()).eval()
     session = InteractiveSession(model)
-    session.engine.max_crops = 1
+    engine = session.engine
+    engine.max_crops = 1
     session.set_image(volume)
     rows: list[dict] = []
     rng = np.random.default_rng(seed)
     label = f"3DSAM-adapter (random weights, {model.crop_size[0]}³ crop)"
-    engine = session.engine
 
     def crops_of(ijk) -> np.ndarray:
         return np.stack([engine._start_for(p) for p in session.space.index_to_model(np.asarray(ijk, float))])
@@ -139,10 +140,10 @@ def _measure_sam3d_random(follow: int, seed: int, config=None) -> list[dict]:
         first = crops_of([DEMO_CLICKS[name]])[0]
         for n in range(1 + follow):
             ijk = DEMO_CLICKS[name] if n == 0 else _inside_crop(np.asarray(truth[name], bool), rng, crops_of, first)
-            misses = session.engine.cache_misses
+            misses = engine.cache_misses
             _timed(rows, label, lambda: session.add_point(ijk, positive=True, space="ijk"),
                    lambda _: f"{name}: click {n + 1} at {ijk}, encoder "
-                             f"{'run' if session.engine.cache_misses > misses else 'cached'}")
+                             f"{'run' if engine.cache_misses > misses else 'cached'}")
     return rows
 
 
